@@ -1,0 +1,5 @@
+import sys
+
+from portless.cli import main
+
+sys.exit(main())

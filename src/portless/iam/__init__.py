@@ -1,0 +1,1 @@
+"""portless.iam."""

@@ -35,7 +35,8 @@ def _dumps(obj: Any) -> bytes:
 def _loads(data: bytes) -> dict[str, Any]:
     try:
         obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: a peer can nest brackets deeply enough to exhaust the stack.
         raise PayloadError(f"payload is not JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise PayloadError("payload is not a JSON object")
@@ -165,8 +166,9 @@ class ActionStatus(IntEnum):
 class ActionType:
     SESSION_TYPE = "SessionType"
     KMS_ENCRYPTION = "KMSEncryption"
-    # portless extension: a stock client answers it with ActionStatus 3 ("Unsupported"),
-    # which is how a portless agent learns that the fast path is off.
+    # portless extension: a stock client answers it like any unknown action (ActionStatus 0,
+    # ActionResult 3, client spec §7.4), which is how a portless agent learns the fast path
+    # is off.
     PORTLESS_FAST_PATH = "PortlessFastPath"
 
 

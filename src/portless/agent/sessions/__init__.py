@@ -1,0 +1,1 @@
+"""Session plugins: shell, commands and port sessions."""

@@ -1,0 +1,178 @@
+"""A process in a pseudo-terminal: new session, controlling tty, run as another user.
+
+The child is started by asyncio's subprocess machinery (fork+exec done in C, safe in a
+threaded process) as the run-as user, with the pty slave as stdin/stdout/stderr, through
+util-linux `setsid --ctty` so it leads a new session whose controlling terminal is the pty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import signal
+import struct
+import termios
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from portless.agent.sessions.runas import RunAsUser
+
+_SETSID = shutil.which("setsid") or ""
+
+
+def _acquire_ctty() -> None:          # pragma: no cover - runs in the child
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def session_processes(sid: int) -> list[int]:
+    """Pids of every process whose session id is `sid` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        if len(fields) > 3 and fields[3] == str(sid):
+            found.append(int(entry.name))
+    return found
+
+
+def kill_session(sid: int, sig: int) -> None:
+    """Signal every process of session `sid` (the shell and anything it left behind)."""
+    for pid in session_processes(sid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+class PtyProcess:
+    """Master side of a pty plus the process running on its slave side."""
+
+    def __init__(self) -> None:
+        self.master, self._slave = os.openpty()
+        os.set_blocking(self.master, False)
+        self.proc: asyncio.subprocess.Process | None = None
+        self._closed = False
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def resize(self, cols: int, rows: int) -> None:
+        if self._closed or cols <= 0 or rows <= 0:
+            return
+        # struct winsize: rows, cols, xpixel, ypixel (unsigned short each).
+        with contextlib.suppress(OSError):
+            fcntl.ioctl(self.master, termios.TIOCSWINSZ,
+                        struct.pack("HHHH", min(rows, 0xFFFF), min(cols, 0xFFFF), 0, 0))
+
+    def size(self) -> tuple[int, int]:
+        """(cols, rows) as the kernel has them."""
+        rows, cols, _, _ = struct.unpack(
+            "HHHH", fcntl.ioctl(self.master, termios.TIOCGWINSZ, bytes(8)))
+        return cols, rows
+
+    async def spawn(self, argv: Sequence[str], user: RunAsUser, env: Mapping[str, str],
+                    cwd: str = "/") -> None:
+        """Start `argv` on the slave as `user`, leading a new session with the pty as ctty."""
+        kwargs: dict[str, object] = {}
+        if not user.is_self:
+            kwargs.update(user=user.uid, group=user.gid, extra_groups=list(user.groups))
+        if _SETSID:
+            args = [_SETSID, "--ctty", *argv]
+        else:
+            args = list(argv)
+            kwargs.update(start_new_session=True, preexec_fn=_acquire_ctty)
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *args, stdin=self._slave, stdout=self._slave, stderr=self._slave,
+                env=dict(env), cwd=cwd, close_fds=True, **kwargs)  # type: ignore[arg-type]
+        finally:
+            os.close(self._slave)
+            self._slave = -1
+
+    async def read(self, n: int) -> bytes:
+        """Up to `n` bytes of output; b"" once the slave side is closed by everyone (EIO)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                return os.read(self.master, n)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                if exc.errno == errno.EIO:
+                    return b""
+                raise
+            fut: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(self.master, lambda: fut.done() or fut.set_result(None))
+            try:
+                await fut
+            finally:
+                loop.remove_reader(self.master)
+
+    async def write(self, data: bytes) -> None:
+        """Write all of `data` to the terminal (as if typed)."""
+        loop = asyncio.get_running_loop()
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self.master, view)
+                view = view[written:]
+                continue
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                if exc.errno == errno.EIO:
+                    return
+                raise
+            fut: asyncio.Future[None] = loop.create_future()
+            loop.add_writer(self.master, lambda: fut.done() or fut.set_result(None))
+            try:
+                await fut
+            finally:
+                loop.remove_writer(self.master)
+
+    async def wait(self) -> int:
+        """The process's exit status as a shell reports it (128+N for signal N)."""
+        assert self.proc is not None
+        code = await self.proc.wait()
+        return 128 - code if code < 0 else code
+
+    async def terminate(self, grace: float = 1.0) -> None:
+        """Hang up the session: SIGHUP to all its processes, SIGKILL after `grace` seconds."""
+        if self.proc is None:
+            return
+        sid = self.proc.pid
+        if self.proc.returncode is None:
+            kill_session(sid, signal.SIGHUP)
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGHUP)
+            try:
+                await asyncio.wait_for(asyncio.shield(self.proc.wait()), grace)
+            except TimeoutError:
+                kill_session(sid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.proc.wait(), 5)
+        kill_session(sid, signal.SIGKILL)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError, ValueError, RuntimeError):
+            asyncio.get_running_loop().remove_reader(self.master)
+        with contextlib.suppress(OSError):
+            os.close(self.master)
+        if self._slave >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._slave)
+            self._slave = -1

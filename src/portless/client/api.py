@@ -1,0 +1,66 @@
+"""The SSM calls a running session makes (ResumeSession, TerminateSession), off the loop.
+
+botocore is synchronous, so calls run in a worker thread; the client is created lazily
+because building it costs tens of milliseconds and most sessions never need it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import botocore.client
+
+
+class SessionApi(Protocol):
+    async def resume(self, session_id: str) -> str | None:
+        """ResumeSession; returns the new TokenValue (None/empty: the session is over)."""
+
+    async def terminate(self, session_id: str) -> None:
+        """TerminateSession."""
+
+
+class BotoSessionApi:
+    def __init__(self, client_factory: Callable[[], botocore.client.BaseClient]) -> None:
+        self._factory = client_factory
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = self._factory()
+            return self._client
+
+    def prepare(self) -> None:
+        """Build the client in the background so a later call is quick."""
+        threading.Thread(target=self._safe_get, daemon=True).start()
+
+    def _safe_get(self) -> None:
+        try:
+            self._get()
+        except Exception:  # reported again when the client is actually needed
+            pass
+
+    async def resume(self, session_id: str) -> str | None:
+        def call() -> str | None:
+            resp = self._get().resume_session(SessionId=session_id)
+            token = resp.get("TokenValue")
+            return str(token) if token else None
+        return await asyncio.to_thread(call)
+
+    async def terminate(self, session_id: str) -> None:
+        await asyncio.to_thread(lambda: self._get().terminate_session(SessionId=session_id))
+
+
+class NoApi:
+    """For tests and for callers without an API endpoint: resume always fails."""
+
+    async def resume(self, session_id: str) -> str | None:
+        raise RuntimeError("no API endpoint to resume the session")
+
+    async def terminate(self, session_id: str) -> None:
+        return None

@@ -1,0 +1,61 @@
+"""Everything a request handler needs, in one object stored on the aiohttp app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from portless.server.auth import Authenticator, Caller
+from portless.server.authz import Authorizer
+from portless.server.broker import Broker
+from portless.server.config import ServerConfig
+from portless.server.control import ControlChannels
+from portless.server.recording import RecordingManager
+from portless.store import Store
+
+
+@dataclass(eq=False)
+class ServerContext:
+    config: ServerConfig
+    store: Store
+    account_id: str
+    authenticator: Authenticator
+    authorizer: Authorizer
+    control: ControlChannels
+    broker: Broker
+    recordings: RecordingManager
+
+    @property
+    def region(self) -> str:
+        return self.config.region
+
+
+CONTEXT: web.AppKey[ServerContext] = web.AppKey("portless_context", ServerContext)
+
+
+@dataclass(eq=False)
+class Call:
+    """One SSM API call being served."""
+
+    ctx: ServerContext
+    request: web.Request
+    operation: str
+    body: dict[str, Any]
+    caller: Caller
+    request_id: str
+    raw_body: bytes = b""
+
+    @property
+    def source_ip(self) -> str | None:
+        return self.request.remote
+
+    def audit_context(self, **extra: Any) -> dict[str, Any]:
+        ctx: dict[str, Any] = {"request_id": self.request_id, "source_ip": self.source_ip}
+        ctx.update(extra)
+        return ctx
+
+    async def authorize(self, action: str, resource_arn: str | None, **extra: Any) -> None:
+        await self.ctx.authorizer.authorize(self.caller, action, resource_arn,
+                                            self.audit_context(**extra))

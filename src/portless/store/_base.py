@@ -1,0 +1,145 @@
+"""Engine set-up and the transaction helpers every entity mixin builds on."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, TypeAlias
+
+from sqlalchemy import Connection, Row, event
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from portless.store.records import AlreadyExistsError, InvalidNextTokenError, StoreError
+from portless.store.secretbox import SecretBox
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+AnyRow: TypeAlias = Row[*tuple[Any, ...]]
+_WRITE_OPTION = "portless_write"
+
+
+def make_engine(url: str, engine_options: Mapping[str, Any] | None = None) -> AsyncEngine:
+    """Create the async engine for *url*; SQLite gets WAL, foreign keys, busy timeout
+    and explicit BEGIN handling (so write transactions can ``BEGIN IMMEDIATE``)."""
+    engine = create_async_engine(url, **dict(engine_options or {}))
+    if engine.dialect.name == "sqlite":
+        sync_engine = engine.sync_engine
+
+        @event.listens_for(sync_engine, "connect")
+        def _on_connect(dbapi_conn: DBAPIConnection, _rec: ConnectionPoolEntry) -> None:
+            # Take over transaction control from the sqlite3 module.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cur.execute("PRAGMA journal_mode = WAL")
+            cur.execute("PRAGMA synchronous = NORMAL")
+            cur.execute("PRAGMA foreign_keys = ON")
+            cur.close()
+
+        @event.listens_for(sync_engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            write = conn.get_execution_options().get(_WRITE_OPTION, False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+class StoreBase:
+    """State and helpers shared by the entity mixins that make up :class:`Store`."""
+
+    _engine: AsyncEngine
+    _secret_box: SecretBox | None
+    _write_lock: asyncio.Lock | None
+
+    def _init_base(self, engine: AsyncEngine, secret_box: SecretBox | None) -> None:
+        self._engine = engine
+        self._secret_box = secret_box
+        # SQLite allows one writer; queueing writers in-process avoids spinning on
+        # the busy timeout. PostgreSQL relies on row locks and conditional updates.
+        self._write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._engine.dialect.name
+
+    @property
+    def _box(self) -> SecretBox:
+        if self._secret_box is None:
+            raise StoreError("this operation needs a SecretBox; pass secret_box= to Store.open")
+        return self._secret_box
+
+    @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        """A connection inside a (read) transaction; rolled back at the end."""
+        async with self._engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction, committed on success; integrity errors become
+        :class:`AlreadyExistsError`."""
+        lock = self._write_lock if self._write_lock is not None else contextlib.nullcontext()
+        async with lock, self._engine.connect() as conn:
+            await conn.execution_options(**{_WRITE_OPTION: True})
+            try:
+                async with conn.begin():
+                    yield conn
+            except IntegrityError as exc:
+                raise AlreadyExistsError(str(exc.orig)) from exc
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def dumps(value: object) -> str:
+    """Canonical compact JSON (sorted keys) for JSON text columns and hashing."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def loads_dict(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    value = json.loads(text)
+    return value if isinstance(value, dict) else {}
+
+
+def encode_token(kind: str, key: list[Any]) -> str:
+    """Opaque keyset pagination token: url-safe base64 of ``[kind, *key]``."""
+    return base64.urlsafe_b64encode(dumps([kind, *key]).encode()).decode().rstrip("=")
+
+
+def decode_token(token: str, kind: str, types: tuple[type, ...]) -> list[Any]:
+    """Decode a token made by :func:`encode_token`, checking kind and element types."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        value = json.loads(raw)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidNextTokenError("malformed NextToken") from exc
+    if not isinstance(value, list) or len(value) != len(types) + 1 or value[0] != kind:
+        raise InvalidNextTokenError("NextToken does not belong to this list")
+    key = value[1:]
+    for item, typ in zip(key, types, strict=True):
+        ok = isinstance(item, typ) and not isinstance(item, bool)
+        if typ is float:
+            ok = isinstance(item, int | float) and not isinstance(item, bool)
+        if not ok:
+            raise InvalidNextTokenError("NextToken does not belong to this list")
+    return key
+
+
+def clamp_limit(max_results: int | None, default: int = 50, maximum: int = 1000) -> int:
+    if max_results is None:
+        return default
+    return max(1, min(int(max_results), maximum))

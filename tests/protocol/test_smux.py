@@ -240,13 +240,18 @@ def test_large_transfer_v2_through_small_chunks() -> None:
 # ----------------------------------------------------------- v2 flow control
 
 
-def test_v1_has_no_window() -> None:
-    client, _ = pair(1)
+def test_v1_has_no_window_and_sends_no_upd() -> None:
+    client, server = pair(1)
     sid = client.open_stream()
     big = bytes(3 * INITIAL_PEER_WINDOW)
     assert client.send_window(sid) == V1_SEND_WINDOW
     assert client.send(sid, big) == len(big)
-    assert client.consumed(sid, 0) is None
+    events = server.receive_data(client.data_to_send())
+    assert sum(len(e.data) for e in events if isinstance(e, StreamData)) == len(big)
+    assert server.receive_buffered == len(big)
+    server.consumed(sid, len(big))
+    assert server.receive_buffered == 0
+    assert server.data_to_send() == b""
 
 
 def test_v2_send_limited_to_initial_window() -> None:
@@ -493,21 +498,22 @@ class SmuxPair(RuleBasedStateMachine):
         self.local_fin: list[set[int]] = [set(), set()]
         self.remote_fin: list[set[int]] = [set(), set()]
 
-    @initialize(target=streams)
-    def open_initial(self) -> MultipleResults[int]:
-        first = self.open(0)
-        second = self.open(1)
-        return multiple(first, second)
-
     def _flush(self, i: int) -> None:
         self.wire[i] += self.sides[i].data_to_send()
 
-    @rule(target=streams, side=st.integers(0, 1))
-    def open(self, side: int) -> int:
+    def _open(self, side: int) -> int:
         sid = self.sides[side].open_stream()
         self.known[side].add(sid)
         self._flush(side)
         return sid
+
+    @initialize(target=streams)
+    def open_initial(self) -> MultipleResults[int]:
+        return multiple(self._open(0), self._open(1))
+
+    @rule(target=streams, side=st.integers(0, 1))
+    def open(self, side: int) -> int:
+        return self._open(side)
 
     @rule(
         sid=streams,

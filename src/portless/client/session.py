@@ -141,14 +141,13 @@ async def run_session(info: SessionInfo, api: SessionApi, ssl: ssl_module.SSLCon
     channel = DataChannel(info, api, ssl, handler_factory or factory, say=stdio.say,
                           warn=stdio.warn, data_key_provider=data_key_provider,
                           exit_on_failure=mode.failure_status)
-    channel.mode = mode  # type: ignore[attr-defined]
     try:
         status = await channel.run()
     finally:
         await stdio.close()
-    if not mode.remote_exit_status and status == mode.failure_status:
+    if mode.remote_exit_status or status == mode.failure_status:
         return status
-    return status if mode.remote_exit_status else 0
+    return 0
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

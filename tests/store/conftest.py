@@ -79,8 +79,8 @@ async def backend(
     if request.param == "sqlite":
         yield Backend("sqlite", f"sqlite+aiosqlite:///{tmp_path / 'store.db'}", box, {}, key_path)
         return
-    if pg_database is None:
-        pytest.skip("PostgreSQL not reachable")
+    # PostgreSQL is part of this project's machine: a missing server is a failure.
+    assert pg_database is not None, f"PostgreSQL not reachable at {PG_HOST}:{PG_PORT}"
     schema = f"t_{secrets.token_hex(6)}"
     await _pg_admin(f'CREATE SCHEMA "{schema}"', pg_database)
     yield Backend(

@@ -1,4 +1,4 @@
-"""The agent's HTTP calls: SSM awsJson1.1 (agent spec §2–§6) and the MGS REST calls (§7, §8).
+"""The agent's HTTP calls: SSM awsJson1.1 (agent spec §2-§6) and the MGS REST calls (§7, §8).
 
 * SSM calls are `POST /` with `X-Amz-Target: AmazonSSM.<Op>`, signed with SigV4 using the
   session credentials the server issued; RegisterManagedInstance is anonymous and

@@ -2,8 +2,8 @@
 
 Each attempt performs CreateControlChannel (a new token) and a SigV4-signed WebSocket
 `?role=subscribe&stream=input`, then sends the OpenControlChannel text frame. Attempts
-back off D0·2^n (D0 drawn from 5–10 s, capped at 40 min, plus up to 50 %); after an
-established channel breaks the agent pauses 0–2.5 s and retries at once. Incoming
+back off D0·2^n (D0 drawn from 5-10 s, capped at 40 min, plus up to 50 %); after an
+established channel breaks the agent pauses 0-2.5 s and retries at once. Incoming
 `interactive_shell` starts a session and `channel_closed` cancels one;
 `agent_task_complete` is sent up to 3 times, 1 s apart, until `agent_task_acknowledge`.
 """

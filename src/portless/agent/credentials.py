@@ -2,8 +2,8 @@
 
 The request is signed with the instance's RSA key; the answer holds ordinary temporary
 credentials that sign every other call. They are refreshed at half their lifetime; failures
-back off as the stock agent does (AccessDenied / fingerprint mismatch: 25–30 minutes; other
-service errors: 2^n s + 20 % + 10–20 s; network: 2^n s + 20 %; at most 30 minutes). A
+back off as the stock agent does (AccessDenied / fingerprint mismatch: 25-30 minutes; other
+service errors: 2^n s + 20 % + 10-20 s; network: 2^n s + 20 %; at most 30 minutes). A
 response asking for `UpdateKeyPair` rotates the instance key.
 """
 

@@ -7,12 +7,10 @@ because building it costs tens of milliseconds and most sessions never need it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
-
-if TYPE_CHECKING:
-    import botocore.client
+from typing import Any, Protocol
 
 
 class SessionApi(Protocol):
@@ -24,7 +22,7 @@ class SessionApi(Protocol):
 
 
 class BotoSessionApi:
-    def __init__(self, client_factory: Callable[[], botocore.client.BaseClient]) -> None:
+    def __init__(self, client_factory: Callable[[], Any]) -> None:
         self._factory = client_factory
         self._client: Any = None
         self._lock = threading.Lock()
@@ -40,10 +38,8 @@ class BotoSessionApi:
         threading.Thread(target=self._safe_get, daemon=True).start()
 
     def _safe_get(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # reported again when actually needed
             self._get()
-        except Exception:  # reported again when the client is actually needed
-            pass
 
     async def resume(self, session_id: str) -> str | None:
         def call() -> str | None:

@@ -315,11 +315,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(exc: Exception) -> int:
-    from portless.client.config import describe_error
+    from portless.client.config import api_errors, describe_error
 
-    import botocore.exceptions
-
-    if isinstance(exc, botocore.exceptions.BotoCoreError | botocore.exceptions.ClientError):
+    if isinstance(exc, api_errors()):
         _err(describe_error(exc))
         return API_ERROR_STATUS
     _err(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)

@@ -11,16 +11,21 @@ channel WebSocket is verified with the same bundle.
 
 from __future__ import annotations
 
+import importlib
 import ssl
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlparse
 
-if TYPE_CHECKING:
-    import botocore.client
-    import botocore.session
-
 USER_AGENT_EXTRA = "portless/0.1.0"
+
+BotoClient = Any
+"""A botocore client (botocore ships no type information)."""
+
+
+def botocore(module: str) -> Any:
+    """Import a botocore submodule lazily (it is slow to import and untyped)."""
+    return importlib.import_module(f"botocore.{module}")
 
 
 class ConfigError(Exception):
@@ -39,8 +44,8 @@ class ClientOptions:
 
 
 def check_endpoint_url(value: str) -> str:
-    """The AWS CLI refuses an --endpoint-url without a scheme; so do we."""
-    if not urlparse(value).scheme:
+    """The AWS CLI refuses an --endpoint-url without a scheme; so do we (also `host:port`)."""
+    if not urlparse(value).scheme or "://" not in value:
         raise ConfigError(
             f'Bad value for --endpoint-url "{value}": scheme is missing.  '
             "Must be of the form http://<hostname>/ or https://<hostname>/")
@@ -57,16 +62,13 @@ def plugin_endpoint_url(value: str) -> str | None:
     return value
 
 
-def make_session(profile: str | None) -> botocore.session.Session:
-    import botocore.exceptions
-    import botocore.session
-
-    session = botocore.session.Session(profile=profile or None)
+def make_session(profile: str | None) -> Any:
+    session = botocore("session").Session(profile=profile or None)
     session.user_agent_extra = USER_AGENT_EXTRA
     if profile:
         try:
             session.get_scoped_config()
-        except botocore.exceptions.ProfileNotFound as exc:
+        except botocore("exceptions").ProfileNotFound as exc:
             raise ConfigError(str(exc)) from None
     return session
 
@@ -79,7 +81,7 @@ class Resolved:
         if options.endpoint_url:
             check_endpoint_url(options.endpoint_url)
         self.session = make_session(options.profile)
-        self._client: botocore.client.BaseClient | None = None
+        self._client: BotoClient | None = None
 
     @property
     def verify(self) -> bool | str | None:
@@ -103,23 +105,20 @@ class Resolved:
                 'running "aws configure".')
         return str(region)
 
-    def ssm(self) -> botocore.client.BaseClient:
+    def ssm(self) -> BotoClient:
         """The `ssm` client (created once)."""
         if self._client is None:
             self._client = self._create_client()
         return self._client
 
-    def _create_client(self) -> botocore.client.BaseClient:
-        import botocore.config
-        import botocore.exceptions
-
+    def _create_client(self) -> BotoClient:
         region = self.region()
-        cfg = botocore.config.Config(user_agent_extra=USER_AGENT_EXTRA)
+        cfg = botocore("config").Config(user_agent_extra=USER_AGENT_EXTRA)
         try:
             return self.session.create_client(
                 "ssm", region_name=region, endpoint_url=self.options.endpoint_url or None,
                 verify=self.verify, config=cfg)
-        except botocore.exceptions.BotoCoreError as exc:
+        except botocore("exceptions").BotoCoreError as exc:
             raise ConfigError(str(exc)) from None
 
     @property
@@ -144,14 +143,13 @@ def websocket_ssl(verify: bool, ca_bundle: str | None) -> ssl.SSLContext | bool:
 
 def describe_error(exc: BaseException) -> str:
     """One line for an exception raised while talking to the API (no traceback)."""
-    import botocore.exceptions
-
-    if isinstance(exc, botocore.exceptions.ClientError):
+    errors = botocore("exceptions")
+    if isinstance(exc, errors.ClientError):
         err: dict[str, Any] = exc.response.get("Error", {})
         code = err.get("Code") or "Error"
         message = err.get("Message") or str(exc)
         return f"{code}: {message}"
-    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+    if isinstance(exc, errors.NoCredentialsError):
         return ("Unable to locate credentials. You can configure credentials by running "
                 '"aws configure".')
     return str(exc) or type(exc).__name__
@@ -159,6 +157,5 @@ def describe_error(exc: BaseException) -> str:
 
 def api_errors() -> tuple[type[BaseException], ...]:
     """Exceptions an API call can raise that deserve a one-line message."""
-    import botocore.exceptions
-
-    return (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, ConfigError)
+    errors = botocore("exceptions")
+    return (errors.BotoCoreError, errors.ClientError, ConfigError)

@@ -177,7 +177,7 @@ class DataChannel:
         self._acked_all.set()
         self._timer_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
-        self._reconnecting = False
+        self._bg: set[asyncio.Future[Any]] = set()
 
     # ---------------------------------------------------------------- for handlers
 
@@ -263,12 +263,24 @@ class DataChannel:
         except Exception as exc:
             log.debug("TerminateSession failed: %s", exc)
 
+    def _background(self, coro: Any) -> None:
+        """Run a fire-and-forget coroutine, keeping a reference until it ends."""
+        task = asyncio.ensure_future(coro)
+        self._bg.add(task)
+        task.add_done_callback(self._bg_done)
+
+    def _bg_done(self, task: asyncio.Future[Any]) -> None:
+        self._bg.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("background task failed: %s", task.exception())
+
     async def _wait_or_done(self, event: asyncio.Event) -> None:
         if event.is_set():
             return
-        waiter = asyncio.ensure_future(event.wait())
+        waiter: asyncio.Future[Any] = asyncio.ensure_future(event.wait())
+        futures: set[asyncio.Future[Any]] = {waiter, self._done}
         try:
-            await asyncio.wait([waiter, self._done], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
 
@@ -336,7 +348,8 @@ class DataChannel:
                                   "autoclose": True, "compress": 0, "heartbeat": None}
         if hasattr(aiohttp, "ClientWSTimeout"):
             kwargs["timeout"] = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=1.0)
-        ws = await self._http.ws_connect(self.info.stream_url, **kwargs)
+        ws: aiohttp.ClientWebSocketResponse = await self._http.ws_connect(
+            self.info.stream_url, **kwargs)
         opening = OpenDataChannel(token=token, client_id=CLIENT_ID,
                                   client_version=PORTLESS_CLIENT_VERSION)
         await ws.send_str(opening.to_json())
@@ -355,8 +368,7 @@ class DataChannel:
         self._connected.set()
         self._flush()
         self._timer_wake.set()
-        with contextlib.suppress(Exception):
-            asyncio.ensure_future(ws.ping(b"keepalive"))
+        self._background(ws.ping(b"keepalive"))
 
     async def _connect_initial(self) -> None:
         """First dial; retried with the same token and no ResumeSession (client spec §6.6)."""
@@ -532,7 +544,7 @@ class DataChannel:
                 await self._channel_closed(event.message)
         elif isinstance(event, StreamTimedOut):
             # The plugin asks the service to end the session; channel_closed follows.
-            asyncio.ensure_future(self.terminate())
+            self._background(self.terminate())
 
     async def _channel_closed(self, msg: Message) -> None:
         output = ""

@@ -118,9 +118,7 @@ class ShorthandParser:
         start = self.i
         while not self._eof() and self.text[self.i] in _KEY_CHARS:
             self.i += 1
-        if self.i == start:
-            raise self._error("a key")
-        return self.text[start:self.i]
+        return self.text[start:self.i]  # may be empty, as in the AWS CLI
 
     def _values(self) -> Any:
         if self._eof():

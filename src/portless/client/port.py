@@ -16,7 +16,9 @@ the peer's window bounds that queue, in v1 reading from the channel pauses once
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -127,7 +129,7 @@ class _PortBase:
             self._signals.append(sig)
         for sig in (signal.SIGTERM, signal.SIGHUP):
             try:
-                loop.add_signal_handler(sig, lambda s=sig: self.ch.finish(128 + s))
+                loop.add_signal_handler(sig, functools.partial(self.ch.finish, 128 + sig))
             except (ValueError, RuntimeError, OSError):
                 continue
             self._signals.append(sig)
@@ -320,8 +322,8 @@ class BasicPortHandler(_PortBase):
 class _Conn:
     """One local connection carried by one smux stream."""
 
-    __slots__ = ("closing", "local_eof", "queue", "queued", "reader", "remote_fin", "sid",
-                 "window", "writer", "writer_task")
+    __slots__ = ("closing", "queue", "queued", "reader", "sid", "window", "writer",
+                 "writer_task")
 
     def __init__(self, sid: int, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter) -> None:
@@ -332,14 +334,21 @@ class _Conn:
         self.queued = 0
         self.window = asyncio.Event()
         self.window.set()
-        self.remote_fin = False
-        self.local_eof = False
         self.closing = False
         self.writer_task: asyncio.Task[None] | None = None
 
 
+SMUX_OUT_HIGH = 1 << 20
+"""smux bytes waiting for the channel above which local sockets are not read."""
+
+
 class MuxPortHandler(_PortBase):
-    """Many local connections, one smux stream each (client spec §8.5)."""
+    """Many local connections, one smux stream each (client spec §8.5).
+
+    All smux output (data, FIN, window updates, keepalives) is appended in order to one
+    queue that a single task carries over the channel in messages of up to max_payload
+    bytes, so frames from different streams never interleave out of order.
+    """
 
     def __init__(self, channel: DataChannel, params: SessionParams, stdio: Stdio) -> None:
         super().__init__(channel, params, stdio)
@@ -353,7 +362,11 @@ class MuxPortHandler(_PortBase):
         self._announced = False
         self._drained = asyncio.Event()
         self._drained.set()
-        self._send_lock = asyncio.Lock()
+        self._out: collections.deque[memoryview] = collections.deque()
+        self._out_bytes = 0
+        self._out_wake = asyncio.Event()
+        self._out_room = asyncio.Event()
+        self._out_room.set()
         self._failed = False
 
     async def start(self) -> None:
@@ -364,37 +377,62 @@ class MuxPortHandler(_PortBase):
             self.stdio.say(f"Port {self.port} opened for sessionId {self.sid}.")
         self.stdio.say("\nWaiting for connections...\n")
         self._install_signals()
+        self._spawn(self._sender(), "smux-sender")
         if self.params.smux_keepalive:
             self._spawn(self._keepalive(), "smux-keepalive")
         self.ch.set_ready(True)
+
+    # ------------------------------------------------------------ smux output
+
+    def _pull(self) -> None:
+        """Move whatever smux queued into our ordered output queue."""
+        data = self.smux.data_to_send()
+        if data:
+            self._out.append(memoryview(data))
+            self._out_bytes += len(data)
+            if self._out_bytes >= SMUX_OUT_HIGH:
+                self._out_room.clear()
+            self._out_wake.set()
+
+    async def _push(self) -> None:
+        """`_pull`, then wait while the output queue is over its high-water mark."""
+        self._pull()
+        while self._out_bytes >= SMUX_OUT_HIGH and not self.ch.done:
+            await self._out_room.wait()
+
+    async def _sender(self) -> None:
+        out = self._out
+        while True:
+            if not out:
+                self._out_wake.clear()
+                await self._out_wake.wait()
+                continue
+            step = self.ch.max_payload
+            pieces: list[memoryview] = []
+            size = 0
+            while out and size < step:
+                head = out[0]
+                take = step - size
+                if len(head) <= take:
+                    pieces.append(out.popleft())
+                    size += len(head)
+                else:
+                    pieces.append(head[:take])
+                    out[0] = head[take:]
+                    size += take
+            self._out_bytes -= size
+            chunk = pieces[0].tobytes() if len(pieces) == 1 else b"".join(pieces)
+            await self.ch.send(PayloadType.OUTPUT, chunk)
+            if self._out_bytes < SMUX_OUT_HIGH // 2:
+                self._out_room.set()
+            if self.ch.pacing:
+                await asyncio.sleep(self.ch.pacing)
 
     async def _keepalive(self) -> None:
         while True:
             await asyncio.sleep(SMUX_KEEPALIVE_INTERVAL)
             self.smux.send_nop()
-            await self._flush_smux()
-
-    async def _flush_smux(self) -> None:
-        """Carry queued smux bytes as PayloadType 1 messages of at most max_payload."""
-        async with self._send_lock:
-            data = self.smux.data_to_send()
-            if not data:
-                return
-            step = self.ch.max_payload
-            view = memoryview(data)
-            for off in range(0, len(view), step):
-                await self.ch.send(PayloadType.OUTPUT, bytes(view[off:off + step]))
-                if self.ch.pacing:
-                    await asyncio.sleep(self.ch.pacing)
-
-    def _flush_soon(self) -> None:
-        """Queue pending smux bytes from a context that must not wait (window updates)."""
-        data = self.smux.data_to_send()
-        if not data:
-            return
-        step = self.ch.max_payload
-        for off in range(0, len(data), step):
-            self.ch.send_nowait(PayloadType.OUTPUT, data[off:off + step])
+            self._pull()
 
     # ---------------------------------------------------------- local side
 
@@ -405,7 +443,7 @@ class MuxPortHandler(_PortBase):
             return
         if not self._announced:
             self._announced = True
-            self.stdio.say(f"\nConnection accepted for session [{self.ch.info.session_id}]\n")
+            self.stdio.say(f"\nConnection accepted for session [{self.sid}]\n")
         with contextlib.suppress(OSError):
             sock = writer.get_extra_info("socket")
             if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -414,100 +452,80 @@ class MuxPortHandler(_PortBase):
         conn = _Conn(sid, reader, writer)
         self.conns[sid] = conn
         conn.writer_task = self._spawn(self._write_local(conn), f"mux-write-{sid}")
-        await self._flush_smux()
-        await self._read_local(conn)
+        try:
+            await self._push()
+            await self._read_local(conn)
+            # Wait for the peer's FIN (or a failure) before releasing the connection.
+            await conn.writer_task
+        finally:
+            _close_writer(writer)
+            self.conns.pop(sid, None)
 
     async def _read_local(self, conn: _Conn) -> None:
         size = LOCAL_READ_FAST if self.ch.fast else LOCAL_READ_STOCK
+        smux = self.smux
         try:
             while not self.ch.done and not conn.closing:
-                window = self.smux.send_window(conn.sid)
-                if window <= 0:
-                    if conn.remote_fin and self.smux.version < 2:
-                        break
-                    conn.window.clear()
-                    await conn.window.wait()
-                    continue
                 try:
-                    data = await conn.reader.read(min(size, window))
+                    data = await conn.reader.read(size)
                 except (ConnectionError, OSError):
                     data = b""
                 if not data:
                     break
                 view = memoryview(data)
                 while view and not conn.closing:
-                    n = self.smux.send(conn.sid, view)
+                    n = smux.send(conn.sid, view)
                     view = view[n:]
-                    await self._flush_smux()
+                    if n:
+                        await self._push()
                     if view:
                         conn.window.clear()
-                        if self.smux.send_window(conn.sid) <= 0:
+                        if smux.send_window(conn.sid) <= 0:
                             await conn.window.wait()
         except ValueError:
-            pass  # the stream was released under us
-        conn.local_eof = True
-        if conn.sid in self.smux.open_streams:
-            self.smux.close_stream(conn.sid)
-            await self._flush_smux()
-        self._maybe_release(conn)
+            pass  # the stream is no longer open for sending
+        smux.close_stream(conn.sid)  # FIN (idempotent)
+        self._pull()
 
     async def _write_local(self, conn: _Conn) -> None:
         writer = conn.writer
-        try:
-            while True:
-                data = await conn.queue.get()
-                if data is None:
-                    break
-                try:
-                    writer.write(data)
-                    await writer.drain()
-                except (ConnectionError, OSError):
-                    self._abort(conn)
-                    return
-                finally:
-                    if data is not None:
-                        conn.queued -= len(data)
-                        with contextlib.suppress(ValueError):
-                            self.smux.consumed(conn.sid, len(data))
-                        self._after_consumed()
-            # The peer sent FIN: everything it sent is written; end the local connection.
-            with contextlib.suppress(Exception):
-                if writer.can_write_eof():
-                    writer.write_eof()
-        finally:
-            if conn.local_eof or conn.closing:
-                _close_writer(writer)
-            self._maybe_release(conn)
+        while True:
+            data = await conn.queue.get()
+            if data is None:
+                break  # the peer's FIN, after everything it sent
+            conn.queued -= len(data)
+            try:
+                writer.write(data)
+                await writer.drain()
+            except (ConnectionError, OSError):
+                self._consumed(conn.sid, len(data))
+                self._abort(conn)
+                return
+            self._consumed(conn.sid, len(data))
+        # Like the plugin: deliver what arrived, then close the local connection.
+        conn.closing = True
+        conn.window.set()
+        _close_writer(writer)
 
-    def _after_consumed(self) -> None:
-        self._flush_soon()
+    def _consumed(self, sid: int, n: int) -> None:
+        with contextlib.suppress(ValueError):
+            self.smux.consumed(sid, n)
+        self._pull()  # window updates
         if not self.smux.receive_paused:
             self._drained.set()
 
     def _abort(self, conn: _Conn) -> None:
-        """The local socket failed: close it and the stream."""
+        """The local socket failed: close it and the stream, drop what is queued."""
         conn.closing = True
         conn.window.set()
         _close_writer(conn.writer)
-        if conn.sid in self.smux.open_streams:
-            self.smux.close_stream(conn.sid)
-            self._flush_soon()
-        # Drop what is still queued, and tell smux it is gone.
+        self.smux.close_stream(conn.sid)
         while not conn.queue.empty():
             item = conn.queue.get_nowait()
             if item is not None:
                 conn.queued -= len(item)
-                with contextlib.suppress(ValueError):
-                    self.smux.consumed(conn.sid, len(item))
-        self._after_consumed()
-
-    def _maybe_release(self, conn: _Conn) -> None:
-        if conn.local_eof and (conn.remote_fin or conn.closing) and (
-                conn.writer_task is None or conn.writer_task.done()):
-            _close_writer(conn.writer)
-            self.conns.pop(conn.sid, None)
-        elif conn.local_eof and conn.remote_fin:
-            _close_writer(conn.writer) if conn.queue.empty() and conn.queued == 0 else None
+                self._consumed(conn.sid, len(item))
+        self._pull()
 
     # --------------------------------------------------------- channel side
 
@@ -529,31 +547,27 @@ class MuxPortHandler(_PortBase):
             # The plugin's smux session dies here; so does ours, visibly.
             self._failed = True
             self.stdio.warn(f"Cannot continue port forwarding: {exc}\n")
-            for conn in list(self.conns.values()):
-                self._abort(conn)
+            for failed in list(self.conns.values()):
+                self._abort(failed)
             return
         for event in events:
+            conn = self.conns.get(event.stream_id)
             if isinstance(event, StreamData):
-                conn = self.conns.get(event.stream_id)
                 if conn is None or conn.closing:
-                    self.smux.consumed(event.stream_id, len(event.data))
+                    self._consumed(event.stream_id, len(event.data))
                     continue
                 conn.queued += len(event.data)
                 conn.queue.put_nowait(event.data)
             elif isinstance(event, StreamClosed):
-                conn = self.conns.get(event.stream_id)
                 if conn is not None:
-                    conn.remote_fin = True
                     conn.queue.put_nowait(None)
-                    conn.window.set()
             elif isinstance(event, WindowUpdated):
-                conn = self.conns.get(event.stream_id)
                 if conn is not None:
                     conn.window.set()
             elif isinstance(event, StreamOpened):
                 # The plugin never accepts streams opened by the agent.
                 self.smux.close_stream(event.stream_id)
-        self._flush_soon()
+        self._pull()
         # smux v1 has no per-stream windows: stop reading the channel while the local
         # sockets are behind by more than max_receive_buffer (xtaci/smux does the same).
         while self.smux.receive_paused and not self.ch.done:
@@ -565,4 +579,4 @@ class MuxPortHandler(_PortBase):
             conn.closing = True
             conn.window.set()
             _close_writer(conn.writer)
-        self.conns.clear()
+            conn.queue.put_nowait(None)

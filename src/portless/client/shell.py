@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import os
 import signal
 from typing import TYPE_CHECKING, Any
@@ -28,9 +29,10 @@ if TYPE_CHECKING:
     from portless.client.session import Stdio
 
 DEFAULT_SIZE = (300, 100)
-"""cols × rows sent when stdout is not a terminal (client spec §8.1)."""
+"""cols x rows sent when stdout is not a terminal (client spec §8.1)."""
 
-CONTROL_BYTES = {signal.SIGINT: b"\x03", signal.SIGQUIT: b"\x1c", signal.SIGTSTP: b"\x1a"}
+CONTROL_BYTES: dict[int, bytes] = {
+    signal.SIGINT: b"\x03", signal.SIGQUIT: b"\x1c", signal.SIGTSTP: b"\x1a"}
 EOT = b"\x04"
 
 
@@ -73,7 +75,7 @@ class RawTerminal:
 
 
 def terminal_size(fd: int) -> tuple[int, int]:
-    """(cols, rows) of the terminal on `fd`, else the plugin's 300×100."""
+    """(cols, rows) of the terminal on `fd`, else the plugin's 300x100."""
     try:
         if os.isatty(fd):
             size = os.get_terminal_size(fd)
@@ -95,6 +97,7 @@ class ShellHandler:
         self._pump: asyncio.Task[None] | None = None
         self._signals: list[int] = []
         self._interrupts = 0
+        self._abort_task: asyncio.Future[None] | None = None
         self._closed = False
 
     @property
@@ -166,9 +169,9 @@ class ShellHandler:
         loop = asyncio.get_running_loop()
         handlers: dict[int, Any] = {signal.SIGWINCH: self._send_size}
         for sig in CONTROL_BYTES:
-            handlers[sig] = lambda s=sig: self._control_signal(s)
+            handlers[sig] = functools.partial(self._control_signal, sig)
         for sig in (signal.SIGTERM, signal.SIGHUP):
-            handlers[sig] = lambda s=sig: self.ch.finish(128 + s)
+            handlers[sig] = functools.partial(self.ch.finish, 128 + sig)
         for sig, cb in handlers.items():
             try:
                 loop.add_signal_handler(sig, cb)
@@ -188,7 +191,7 @@ class ShellHandler:
             # `exec`: the command may not read input; a second Ctrl-C ends the session.
             self._interrupts += 1
             if self._interrupts > 1:
-                asyncio.ensure_future(self._abort())
+                self._abort_task = asyncio.ensure_future(self._abort())
                 return
         self.ch.send_nowait(PayloadType.OUTPUT, CONTROL_BYTES[sig])
 

@@ -65,7 +65,7 @@ class RequestContext:
     action: str
     resource: str
     principal_arn: str | None = None
-    keys: Mapping[str, ContextValue] = field(default_factory=dict)
+    keys: Mapping[str, ContextValue] = field(default_factory=dict, hash=False)
     _index: dict[str, Normalized] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

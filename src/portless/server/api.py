@@ -98,7 +98,7 @@ async def handle(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     request_id: str = request[REQUEST_ID]
     target = request.headers.get("X-Amz-Target")
-    prefix, service, op = _resolve(target)
+    _prefix, service, op = _resolve(target)
     raw = await request.read()
     action = f"{service}:{op.name}"
     audit = {"request_id": request_id, "source_ip": request.remote}

@@ -41,7 +41,7 @@ from portless.protocol.message import (
 from portless.protocol.payloads import AgentSessionState, AgentTaskComplete, ChannelClosed
 from portless.server.config import ServerConfig
 from portless.server.recording import Recorder, RecordingManager
-from portless.store import Store
+from portless.store import SessionStatus, Store
 
 log = logging.getLogger(__name__)
 
@@ -357,7 +357,7 @@ class Broker:
                 return
             if mtype == _OUTPUT:
                 relay.last_activity = time.monotonic()
-                if ptype == _PT_OUTPUT or ptype == _PT_STDERR:
+                if ptype in (_PT_OUTPUT, _PT_STDERR):
                     if shell:
                         recorder.output(seq, data[FRAME_OVERHEAD:])
                     else:
@@ -384,11 +384,10 @@ class Broker:
         elif state.state == "Terminating":
             relay.agent_terminating = True
 
-    async def _store_status(self, session_id: str, status: str) -> None:
+    async def _store_status(self, session_id: str, status: SessionStatus) -> None:
         try:
             await self.store.update_session_status(
-                session_id, status,  # type: ignore[arg-type]
-                only_if_status_in=("Connecting", "Connected", "Disconnected"))
+                session_id, status, only_if_status_in=("Connecting", "Connected", "Disconnected"))
         except Exception:
             log.exception("could not record the status of %s", session_id)
 
@@ -401,7 +400,7 @@ class Broker:
             await asyncio.wait_for(peer.ws.send_bytes(frame), 5.0)
         await _close_quietly(peer.ws, CLOSE_NORMAL, b"session ended")
 
-    async def end(self, relay: Relay, status: str, output: str = "", *,
+    async def end(self, relay: Relay, status: SessionStatus, output: str = "", *,
                   cancel_agent: bool) -> None:
         """Finish the session: channel_closed to the client (and the agent), store it."""
         if relay.ended:
@@ -435,8 +434,7 @@ class Broker:
         await self.recordings.finish(relay.recorder)
         try:
             await self.store.update_session_status(
-                sid, status,  # type: ignore[arg-type]
-                details=output or None,
+                sid, status, details=output or None,
                 only_if_status_in=("Connecting", "Connected", "Disconnected", "Terminating"))
             await self.store.set_session_counters(sid, bytes_in=relay.recorder.bytes_in,
                                                   bytes_out=relay.recorder.bytes_out)
@@ -459,7 +457,8 @@ class Broker:
                 sess = await self.store.get_session(done.session_id)
                 if (sess is not None and sess.target == instance_id
                         and sess.status not in ("Terminated", "Failed")):
-                    status = "Failed" if done.final_status == "Failed" else "Terminated"
+                    status: SessionStatus = ("Failed" if done.final_status == "Failed"
+                                             else "Terminated")
                     await self.store.update_session_status(done.session_id, status,
                                                            details=done.output or None)
             except Exception:

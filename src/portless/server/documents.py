@@ -11,6 +11,7 @@ document's `inputs` with the JSON types the agent's Go decoder demands.
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import re
 from dataclasses import dataclass
@@ -167,13 +168,13 @@ def parse_content(content: str, document_format: str = "JSON") -> dict[str, Any]
     obj: Any
     if fmt == "YAML":
         try:
-            import yaml
+            yaml = importlib.import_module("yaml")
         except ImportError:  # pragma: no cover - depends on the environment
             raise AwsError("InvalidDocumentContent",
                            "YAML documents are not supported by this server", 400) from None
         try:
             obj = yaml.safe_load(content)
-        except yaml.YAMLError as exc:
+        except Exception as exc:
             raise AwsError("InvalidDocumentContent", f"YAML is not valid: {exc}", 400) from None
     elif fmt == "JSON":
         try:
@@ -310,9 +311,7 @@ def normalize_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
     """Preferences with the JSON types the agent's decoder accepts (agent spec §10.3)."""
     out = copy.deepcopy(DEFAULT_INPUTS)
     for key, value in inputs.items():
-        if key in ("s3EncryptionEnabled", "cloudWatchEncryptionEnabled", "runAsEnabled"):
-            out[key] = _as_bool(value, key)
-        elif key == "cloudWatchStreamingEnabled":
+        if key in ("s3EncryptionEnabled", "cloudWatchEncryptionEnabled", "runAsEnabled") or key == "cloudWatchStreamingEnabled":
             out[key] = _as_bool(value, key)
         elif key == "shellProfile":
             if value is None:

@@ -8,7 +8,9 @@ is what sessions use (as seed 002 does with Terraform).
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import importlib
 import json
 from typing import Any
 
@@ -79,7 +81,7 @@ async def load_session_doc(ctx: ServerContext, name: str) -> dict[str, Any] | No
                            f"Document {name} is not a Session document.")
         return parse_content(ver.content, ver.document_format)
     if is_builtin(name):
-        return json.loads(json.dumps(BUILTIN_DOCUMENTS[name]))
+        return copy.deepcopy(BUILTIN_DOCUMENTS[name])
     return None
 
 
@@ -261,9 +263,9 @@ async def describe_document(call: Call) -> dict[str, Any]:
     found = await ctx.store.get_document(name, version)
     if found is not None:
         return {"Document": _stored_description(ctx, *found)}
-    if is_builtin(name) and version in (None, "$LATEST", "$DEFAULT", "1"):
-        if await ctx.store.get_document(name) is None:
-            return {"Document": _builtin_description(ctx, name)}
+    if is_builtin(name) and version in (None, "$LATEST", "$DEFAULT", "1") \
+            and await ctx.store.get_document(name) is None:
+        return {"Document": _builtin_description(ctx, name)}
     if version is not None and await ctx.store.get_document(name) is not None:
         raise AwsError("InvalidDocumentVersion", "The document version is not valid or does "
                        "not exist.")
@@ -311,10 +313,10 @@ def _convert(content: str, fmt: str, want: str | None) -> tuple[str, str]:
     if want == "JSON":
         return json.dumps(obj, indent=2), "JSON"
     try:
-        import yaml
+        yaml = importlib.import_module("yaml")
     except ImportError:  # pragma: no cover
         return content, fmt
-    return yaml.safe_dump(obj, sort_keys=False), "YAML"
+    return str(yaml.safe_dump(obj, sort_keys=False)), "YAML"
 
 
 def _identifier(ctx: ServerContext, doc: Document, ver: DocumentVersion | None) -> dict[str, Any]:

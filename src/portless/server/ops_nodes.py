@@ -1,6 +1,6 @@
 """Nodes: activations, registration, credentials, health, DescribeInstanceInformation, tags.
 
-Agent-facing parts follow ssm-agent-protocol.md §3–§6; the shapes returned to
+Agent-facing parts follow ssm-agent-protocol.md §3-§6; the shapes returned to
 people follow the SSM model (client spec §1.3).
 """
 

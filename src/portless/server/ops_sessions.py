@@ -18,7 +18,7 @@ from portless.server.context import Call, ServerContext
 from portless.server.documents import PreparedSession, prepare_session
 from portless.server.ops_documents import document_name_from, load_preferences, load_session_doc
 from portless.server.ops_nodes import instance_arn
-from portless.store import InvalidNextTokenError, Session
+from portless.store import InvalidNextTokenError, Session, SessionStatus
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ SESSION_FILTER_KEYS = ("InvokedAfter", "InvokedBefore", "Target", "Owner", "Stat
                        "SessionId", "AccessType")
 SESSION_STATUSES = ("Connected", "Connecting", "Disconnected", "Terminated", "Terminating",
                     "Failed")
-ACTIVE = ("Connecting", "Connected", "Disconnected", "Terminating")
+ACTIVE: tuple[SessionStatus, ...] = ("Connecting", "Connected", "Disconnected", "Terminating")
 
 
 def new_session_id(caller_name: str) -> str:

@@ -8,6 +8,7 @@ for the stock agent, agent spec §1.3).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import os
@@ -67,10 +68,8 @@ def _server_hosts(listen_host: str) -> list[str]:
         import socket
 
         hosts.append(socket.gethostname())
-        try:
+        with contextlib.suppress(OSError):
             hosts.append(socket.getfqdn())
-        except OSError:
-            pass
     return hosts
 
 

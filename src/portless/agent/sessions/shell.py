@@ -1,4 +1,4 @@
-"""Standard_Stream and InteractiveCommands: `sh` (or `sh -c COMMANDS`) in a pty (agent spec §12.1–12.2).
+"""Standard_Stream and InteractiveCommands: `sh` (or `sh -c COMMANDS`) in a pty (agent spec §12.1-12.2).
 
 The shell runs as the run-as user in a new session with the pty as its controlling
 terminal, so the line discipline turns a client's 0x03 into SIGINT. Input is not accepted

@@ -28,6 +28,11 @@ def _acquire_ctty() -> None:          # pragma: no cover - runs in the child
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 def session_processes(sid: int) -> list[int]:
     """Pids of every process whose session id is `sid` (from /proc)."""
     found = []
@@ -111,7 +116,7 @@ class PtyProcess:
                     return b""
                 raise
             fut: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(self.master, lambda: fut.done() or fut.set_result(None))
+            loop.add_reader(self.master, _wake, fut)
             try:
                 await fut
             finally:
@@ -133,7 +138,7 @@ class PtyProcess:
                     return
                 raise
             fut: asyncio.Future[None] = loop.create_future()
-            loop.add_writer(self.master, lambda: fut.done() or fut.set_result(None))
+            loop.add_writer(self.master, _wake, fut)
             try:
                 await fut
             finally:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from portless.protocol.message import Message, MessageType, decode, encode  # noqa: E402
-from portless.protocol.reliable import Delivered, ReliableStream, StreamConfig  # noqa: E402
+from portless.protocol.message import Message, MessageType, decode, encode
+from portless.protocol.reliable import Delivered, ReliableStream, StreamConfig
 
 DURATION = 1.5
 

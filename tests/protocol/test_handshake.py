@@ -293,7 +293,8 @@ def test_unknown_session_type_fails() -> None:
 
 
 def test_session_type_parameter_errors() -> None:
-    for params in ([], {"SessionType": 5}, "Port"):
+    bad_params: list[Any] = [[], {"SessionType": 5}, "Port"]
+    for params in bad_params:
         request = json.dumps({"AgentVersion": "3.3.40.0", "RequestedClientActions": [
             {"ActionType": "SessionType", "ActionParameters": params}]}).encode()
         client = ClientHandshake(client_version="1.2.0.0", accept_fast_path=None)
@@ -351,18 +352,21 @@ def test_agent_judges_fast_path_result() -> None:
 
 
 def test_client_judges_fast_path_offer() -> None:
-    for params in ({"Version": 2, "MaxPayload": 65536, "Window": 64, "Digest": False,
-                    "Smux": 2},):
+    future: list[Any] = [{"Version": 2, "MaxPayload": 65536, "Window": 64, "Digest": False,
+                          "Smux": 2}]
+    for params in future:
         request = json.dumps({"AgentVersion": PORTLESS_AGENT_VERSION, "RequestedClientActions": [
             {"ActionType": "PortlessFastPath", "ActionParameters": params}]}).encode()
         client = ClientHandshake(client_version=PORTLESS_CLIENT_VERSION,
                                  accept_fast_path=CLIENT_ACCEPT)
         entry = json.loads(client.receive_request(request))["ProcessedClientActions"][0]
         assert entry["ActionStatus"] == 1 and entry["ActionResult"]["Version"] == 1
-    for params in ({"Version": 0, "MaxPayload": 1, "Window": 1, "Digest": False, "Smux": 1},
-                   {"Version": 1, "MaxPayload": 1, "Window": 0, "Digest": False, "Smux": 1},
-                   {"Version": 1, "MaxPayload": 1, "Window": 1, "Digest": 0, "Smux": 1},
-                   None, []):
+    invalid: list[Any] = [
+        {"Version": 0, "MaxPayload": 1, "Window": 1, "Digest": False, "Smux": 1},
+        {"Version": 1, "MaxPayload": 1, "Window": 0, "Digest": False, "Smux": 1},
+        {"Version": 1, "MaxPayload": 1, "Window": 1, "Digest": 0, "Smux": 1},
+        None, []]
+    for params in invalid:
         request = json.dumps({"AgentVersion": PORTLESS_AGENT_VERSION, "RequestedClientActions": [
             {"ActionType": "PortlessFastPath", "ActionParameters": params}]}).encode()
         client = ClientHandshake(client_version=PORTLESS_CLIENT_VERSION,

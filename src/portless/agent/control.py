@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from portless.agent.aio import wait_event
 from portless.agent.api import AgentApi, MgsError, NetworkError
 from portless.agent.websocket import AgentSocket, Keepalive
 from portless.protocol.message import MessageError, MessageType, decode
@@ -160,10 +161,8 @@ class ControlChannel:
             for attempt in range(1, self.timing.complete_tries + 1):
                 sock = self._sock
                 if sock is None:
-                    try:
-                        await asyncio.wait_for(self.connected.wait(),
-                                               self.timing.complete_wait_connected)
-                    except TimeoutError:
+                    if not await wait_event(self.connected,
+                                            self.timing.complete_wait_connected):
                         return False
                     sock = self._sock
                     if sock is None:
@@ -173,8 +172,7 @@ class ControlChannel:
                 msg.message_id = message_id.bytes
                 with contextlib.suppress(Exception):
                     await sock.send_bytes(msg.encode())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(ack.wait(), self.timing.complete_interval)
+                await wait_event(ack, self.timing.complete_interval)
                 if ack.is_set():
                     return True
             return ack.is_set()

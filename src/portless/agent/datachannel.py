@@ -20,6 +20,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from portless.agent.aio import wait_event, with_timeout
 from portless.agent.api import AgentApi, MgsError, NetworkError
 from portless.agent.sessions.base import STOCK_CHUNK, SessionFailed, SessionPlugin
 from portless.agent.sessions.commands import CommandsPlugin
@@ -237,8 +238,8 @@ class DataChannel:
             now=self._loop.time(), timeout=self.timing.handshake_timeout)
         await self.send(PayloadType.HANDSHAKE_REQUEST, hs.request())
         try:
-            params = await asyncio.wait_for(asyncio.shield(self._handshake_done),
-                                            self.timing.handshake_timeout)
+            params = await with_timeout(asyncio.shield(self._handshake_done),
+                                        self.timing.handshake_timeout)
         except TimeoutError:
             raise HandshakeFailed(HANDSHAKE_TIMEOUT_TEXT) from None
         await self.send(PayloadType.HANDSHAKE_COMPLETE, hs.complete(self._loop.time()))
@@ -262,8 +263,7 @@ class DataChannel:
             deadline = self._loop.time() + self.timing.drain
             while self.stream.unacked and self._loop.time() < deadline and self._sock is not None:
                 self._writable.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._writable.wait(), 0.05)
+                await wait_event(self._writable, 0.05)
         sock = self._sock
         if sock is not None and not self._cancelled and self.spec.session_type in SHELL_TYPES:
             with contextlib.suppress(Exception):
@@ -429,8 +429,7 @@ class DataChannel:
             self._wake_timer.clear()
             timeout = None if deadline is None else max(0.0, deadline - loop.time())
             if timeout is None or timeout > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake_timer.wait(), timeout)
+                await wait_event(self._wake_timer, timeout)
                 if deadline is None or loop.time() < deadline:
                     continue
             self._handle(self.stream.tick(loop.time()))

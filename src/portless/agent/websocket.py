@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from portless.agent.aio import with_timeout
+
 log = logging.getLogger(__name__)
 
 
@@ -109,4 +111,4 @@ class AgentSocket:
     async def close(self) -> None:
         self._pinger.cancel()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ws.close(), 5)
+            await with_timeout(self.ws.close(), 5)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 from xml.sax.saxutils import escape
 
 from aiohttp import web
@@ -20,7 +21,9 @@ from portless.aws.errors import AwsError, internal_server_error, unknown_operati
 
 log = logging.getLogger(__name__)
 
-REQUEST_ID = "portless.request_id"
+REQUEST_ID: Any = (web.RequestKey("portless_request_id", str) if hasattr(web, "RequestKey")
+                   else "portless_request_id")
+"""Request storage key of the request id (a RequestKey where aiohttp has them)."""
 MGS_PREFIX = "/v1/"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

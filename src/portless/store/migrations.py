@@ -49,8 +49,13 @@ def _v1_initial(conn: Connection) -> None:
         conn.execute(insert(s.audit_head).values(id=1, last_id=0, last_hash=GENESIS_HASH))
 
 
+def _v2_iam(conn: Connection) -> None:
+    s.metadata.create_all(conn, tables=s.V2_IAM_TABLES, checkfirst=True)
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "initial schema", _v1_initial),
+    Migration(2, "IAM groups, policies, MFA devices", _v2_iam),
 ]
 
 

@@ -249,3 +249,177 @@ V1_TABLES = [
     audit_events,
     audit_head,
 ]
+
+# --------------------------------------------------------------------------- IAM (step 2)
+# Groups, policies and MFA devices. Principals are referenced by id (users.user_id,
+# iam_groups.group_id), so a user deleted and re-created under the same name inherits
+# nothing; deleting a user or group cascades to its memberships, inline policies and
+# attachments. Managed policies are referenced by ARN text: AWS managed ones
+# (``arn:aws:iam::aws:policy/NAME``) live in code, customer managed ones in iam_policies.
+
+iam_groups = Table(
+    "iam_groups",
+    metadata,
+    Column("group_id", String(32), primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("path", String(512), nullable=False, default="/"),
+    Column("arn", String(2048), nullable=False),
+    Column("created_date", Double, nullable=False),
+)
+
+iam_group_members = Table(
+    "iam_group_members",
+    metadata,
+    Column(
+        "group_id",
+        String(32),
+        ForeignKey("iam_groups.group_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column(
+        "user_id", String(32), ForeignKey("users.user_id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("added_date", Double, nullable=False),
+    Index("ix_iam_group_members_user", "user_id"),
+)
+
+iam_user_policies = Table(
+    "iam_user_policies",
+    metadata,
+    Column(
+        "user_id", String(32), ForeignKey("users.user_id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("policy_name", String(128), primary_key=True),
+    Column("document", Text, nullable=False),
+    Column("updated_date", Double, nullable=False),
+)
+
+iam_group_policies = Table(
+    "iam_group_policies",
+    metadata,
+    Column(
+        "group_id",
+        String(32),
+        ForeignKey("iam_groups.group_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("policy_name", String(128), primary_key=True),
+    Column("document", Text, nullable=False),
+    Column("updated_date", Double, nullable=False),
+)
+
+iam_role_policies = Table(
+    "iam_role_policies",
+    metadata,
+    Column("role_name", String(64), primary_key=True),
+    Column("policy_name", String(128), primary_key=True),
+    Column("document", Text, nullable=False),
+    Column("updated_date", Double, nullable=False),
+)
+
+iam_policies = Table(
+    "iam_policies",
+    metadata,
+    Column("policy_id", String(32), primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("path", String(512), nullable=False, default="/"),
+    Column("arn", String(2048), nullable=False, unique=True),
+    Column("description", String(1000), nullable=False, default=""),
+    Column("default_version_id", String(16), nullable=False),
+    Column("next_version", Integer, nullable=False),
+    Column("created_date", Double, nullable=False),
+    Column("updated_date", Double, nullable=False),
+    Column("tags", Text, nullable=False, default="{}"),
+)
+
+iam_policy_versions = Table(
+    "iam_policy_versions",
+    metadata,
+    Column(
+        "policy_id",
+        String(32),
+        ForeignKey("iam_policies.policy_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("version_id", String(16), primary_key=True),
+    Column("document", Text, nullable=False),
+    Column("created_date", Double, nullable=False),
+)
+
+iam_user_attachments = Table(
+    "iam_user_attachments",
+    metadata,
+    Column(
+        "user_id", String(32), ForeignKey("users.user_id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("policy_arn", String(2048), primary_key=True),
+    Column("attached_date", Double, nullable=False),
+    Index("ix_iam_user_attachments_arn", "policy_arn"),
+)
+
+iam_group_attachments = Table(
+    "iam_group_attachments",
+    metadata,
+    Column(
+        "group_id",
+        String(32),
+        ForeignKey("iam_groups.group_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("policy_arn", String(2048), primary_key=True),
+    Column("attached_date", Double, nullable=False),
+    Index("ix_iam_group_attachments_arn", "policy_arn"),
+)
+
+iam_role_attachments = Table(
+    "iam_role_attachments",
+    metadata,
+    Column("role_name", String(64), primary_key=True),
+    Column("policy_arn", String(2048), primary_key=True),
+    Column("attached_date", Double, nullable=False),
+    Index("ix_iam_role_attachments_arn", "policy_arn"),
+)
+
+iam_mfa_devices = Table(
+    "iam_mfa_devices",
+    metadata,
+    Column("serial_number", String(256), primary_key=True),
+    Column("name", String(226), nullable=False),
+    Column("path", String(512), nullable=False, default="/"),
+    Column("secret_enc", Text, nullable=False),
+    Column("user_id", String(32), ForeignKey("users.user_id", ondelete="SET NULL")),
+    Column("enable_date", Double),
+    Column("last_used_step", BigInteger),
+    Column("created_date", Double, nullable=False),
+    Column("tags", Text, nullable=False, default="{}"),
+    Index("ix_iam_mfa_devices_user", "user_id"),
+)
+
+# MFA facts of temporary credentials (GetSessionToken with SerialNumber/TokenCode).
+iam_credential_mfa = Table(
+    "iam_credential_mfa",
+    metadata,
+    Column(
+        "access_key_id",
+        String(32),
+        ForeignKey("issued_credentials.access_key_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("mfa_serial", String(256), nullable=False),
+    Column("authenticated_at", Double, nullable=False),
+)
+
+V2_IAM_TABLES = [
+    iam_groups,
+    iam_group_members,
+    iam_user_policies,
+    iam_group_policies,
+    iam_role_policies,
+    iam_policies,
+    iam_policy_versions,
+    iam_user_attachments,
+    iam_group_attachments,
+    iam_role_attachments,
+    iam_mfa_devices,
+    iam_credential_mfa,
+]

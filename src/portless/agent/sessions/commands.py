@@ -19,10 +19,12 @@ import signal
 import tempfile
 from typing import IO
 
+from portless.agent.aio import with_timeout
 from portless.agent.sessions.base import STOCK_CHUNK, SessionFailed, SessionIO, SessionPlugin
 from portless.agent.sessions.document import SessionSpec, as_bool
 from portless.agent.sessions.runas import RunAsError, resolve_run_as
 from portless.agent.sessions.shell import session_env
+from portless.agent.sessions.terminal import unignore_child_signals
 from portless.protocol.message import PayloadType
 from portless.protocol.payloads import encode_exit_code
 
@@ -75,6 +77,7 @@ class CommandsPlugin(SessionPlugin):
         except RunAsError as exc:
             await io.send(PayloadType.STDERR, f"Unable to start command: {exc}\n".encode())
             raise SessionFailed(f"Unable to start command: {exc}") from None
+        unignore_child_signals()
         kwargs: dict[str, object] = {}
         if not user.is_self:
             kwargs.update(user=user.uid, group=user.gid, extra_groups=list(user.groups))
@@ -133,11 +136,11 @@ class CommandsPlugin(SessionPlugin):
             return
         self._signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(proc.wait(), KILL_GRACE)
+            await with_timeout(proc.wait(), KILL_GRACE)
         except TimeoutError:
             self._signal(signal.SIGKILL)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), 5)
+                await with_timeout(proc.wait(), 5)
 
     def _signal(self, sig: int) -> None:
         proc = self._proc

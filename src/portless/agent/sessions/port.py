@@ -22,6 +22,7 @@ import socket
 import time
 from collections import deque
 
+from portless.agent.aio import with_timeout
 from portless.agent.sessions.base import SessionFailed, SessionIO, SessionPlugin
 from portless.agent.sessions.document import SessionSpec
 from portless.protocol.handshake import PortMode
@@ -124,7 +125,7 @@ async def _close(writer: asyncio.StreamWriter | None) -> None:
         return
     writer.close()
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(writer.wait_closed(), 2)
+        await with_timeout(writer.wait_closed(), 2)
 
 
 class PortPlugin(SessionPlugin):

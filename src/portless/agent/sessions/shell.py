@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 
+from portless.agent.aio import wait_event, with_timeout
 from portless.agent.sessions.base import STOCK_CHUNK, SessionFailed, SessionIO, SessionPlugin
 from portless.agent.sessions.document import SessionSpec, as_bool
 from portless.agent.sessions.runas import RunAsError, RunAsUser, resolve_run_as
@@ -101,8 +102,7 @@ class ShellPlugin(SessionPlugin):
         try:
             pty.resize(80, 24)
             io.set_ready(True)           # from now on input (and the Size message) is taken
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._sized.wait(), INITIAL_SIZE_WAIT)
+            await wait_event(self._sized, INITIAL_SIZE_WAIT)
             argv = [SHELL] if self.commands is None else [SHELL, "-c", self.commands]
             try:
                 await pty.spawn(argv, user, session_env(user))
@@ -142,10 +142,10 @@ class ShellPlugin(SessionPlugin):
                         # The shell exited: whatever output is left comes promptly or never
                         # (a background job may still hold the terminal open).
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(asyncio.shield(read), EXIT_DRAIN_IDLE)
+                            await with_timeout(asyncio.shield(read), EXIT_DRAIN_IDLE)
                 else:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(read), EXIT_DRAIN_IDLE)
+                        await with_timeout(asyncio.shield(read), EXIT_DRAIN_IDLE)
                 if not read.done():
                     read.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

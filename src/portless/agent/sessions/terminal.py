@@ -19,6 +19,7 @@ import termios
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from portless.agent.aio import with_timeout
 from portless.agent.sessions.runas import RunAsUser
 
 _SETSID = shutil.which("setsid") or ""
@@ -26,6 +27,28 @@ _SETSID = shutil.which("setsid") or ""
 
 def _acquire_ctty() -> None:          # pragma: no cover - runs in the child
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+_CHILD_DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGTTIN,
+                          signal.SIGTTOU, signal.SIGHUP)
+
+
+def _ignore(signum: int, frame: object) -> None:          # pragma: no cover - signal handler
+    """Stands in for SIG_IGN in the agent itself; children get SIG_DFL across exec."""
+
+
+def unignore_child_signals() -> None:
+    """Make sure session processes start with default dispositions for job-control signals.
+
+    An ignored signal stays ignored across exec, so an agent started from a context that
+    ignores SIGINT/SIGQUIT (a background job of a non-interactive shell, for one) would
+    hand shells a Ctrl-C that does nothing. A handler, unlike SIG_IGN, resets on exec.
+    Must run in the main thread (it does: the event loop's).
+    """
+    for sig in _CHILD_DEFAULT_SIGNALS:
+        with contextlib.suppress(ValueError, OSError):
+            if signal.getsignal(sig) == signal.SIG_IGN:
+                signal.signal(sig, _ignore)
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
@@ -87,6 +110,7 @@ class PtyProcess:
     async def spawn(self, argv: Sequence[str], user: RunAsUser, env: Mapping[str, str],
                     cwd: str = "/") -> None:
         """Start `argv` on the slave as `user`, leading a new session with the pty as ctty."""
+        unignore_child_signals()
         kwargs: dict[str, object] = {}
         if not user.is_self:
             kwargs.update(user=user.uid, group=user.gid, extra_groups=list(user.groups))
@@ -160,13 +184,13 @@ class PtyProcess:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGHUP)
             try:
-                await asyncio.wait_for(asyncio.shield(self.proc.wait()), grace)
+                await with_timeout(asyncio.shield(self.proc.wait()), grace)
             except TimeoutError:
                 kill_session(sid, signal.SIGKILL)
                 with contextlib.suppress(ProcessLookupError):
                     self.proc.kill()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.proc.wait(), 5)
+                    await with_timeout(self.proc.wait(), 5)
         kill_session(sid, signal.SIGKILL)
 
     def close(self) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,26 @@ async def agent(server: LoopbackServer, tmp_path: Path) -> AsyncIterator[Agent]:
     yield agent
     stop.set()
     await asyncio.wait_for(task, 15)
+
+
+@pytest.fixture
+def server_url() -> Iterator[str]:
+    """A LoopbackServer on its own thread and loop, for tests that call the sync CLI."""
+    loop = asyncio.new_event_loop()
+    srv = LoopbackServer()
+    ready = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(srv.start())
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ready.wait(10)
+    yield srv.url
+    asyncio.run_coroutine_threadsafe(srv.stop(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()

@@ -46,6 +46,7 @@ ACTIVATION_ID = "3c6a1d1e-8b59-4d3c-9a51-0d7a3c1f5e21"
 ACTIVATION_CODE = "Zq3uVq7kX9eR2pLm8sTb"
 REGION = "us-east-1"
 STOCK_CLIENT = "1.2.694.0"
+DEFAULT_SIZE = TerminalSize(100, 30)
 
 
 @dataclass
@@ -282,7 +283,7 @@ class LoopbackServer:
                             | None = None, run_as_user: str = "",
                             client_version: str = STOCK_CLIENT,
                             fast_path: FastPath | None = None,
-                            size: TerminalSize | None = TerminalSize(100, 30),
+                            size: TerminalSize | None = DEFAULT_SIZE,
                             handshake: bool = True) -> ClientEnd:
         sid = f"tester-{uuid.uuid4().hex[:17]}"
         task = AgentTaskPayload(sid, document.get("name", "Test-Document"),
@@ -419,8 +420,8 @@ class ClientEnd:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AssertionError(
-                    f"timed out waiting for {what}; output so far: {bytes(self.output)!r}"
-                    f" stderr: {bytes(self.stderr)!r}")
+                    f"timed out waiting for {what}; output ({len(self.output)} bytes) ends "
+                    f"{bytes(self.output[-300:])!r}; stderr ends {bytes(self.stderr[-300:])!r}")
             self.changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), min(remaining, 0.2))

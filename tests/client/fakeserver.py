@@ -10,8 +10,10 @@ survives reconnects, as a real agent's does.  Tests drive the agent side directl
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
+import os
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from portless.protocol.encryption import SessionCipher, challenge_request, verify_challenge
 from portless.protocol.handshake import AgentHandshake, FastPath, SessionParams
 from portless.protocol.message import Message, MessageError, MessageType, PayloadType, decode
 from portless.protocol.payloads import ChannelClosed, OpenDataChannel
@@ -45,7 +48,8 @@ class FakeAgent:
     def __init__(self, session_id: str, session_type: str, properties: Any = None, *,
                  agent_version: str = PORTLESS_AGENT_VERSION,
                  offer_fast_path: FastPath | None = AGENT_FAST_PATH,
-                 handshake: bool = True) -> None:
+                 handshake: bool = True,
+                 kms_keys: dict[bytes, bytes] | None = None) -> None:
         self.session_id = session_id
         self.loop = asyncio.get_running_loop()
         self.stream = ReliableStream(StreamConfig(outgoing_type=MessageType.OUTPUT_STREAM_DATA),
@@ -65,25 +69,43 @@ class FakeAgent:
         self.acks_sent = 0
         self.frames_in: list[Message] = []
         self.on_data: Callable[[Received], Awaitable[None] | None] | None = None
+        self._outq: asyncio.Queue[bytes] = asyncio.Queue()
+        self.kms_keys = kms_keys
+        """With a dict (ciphertext blob -> data key) the agent asks for KMS encryption."""
+        self.cipher: SessionCipher | None = None
+        self._challenge: bytes | None = None
 
     # ------------------------------------------------------------- transport
     def flush(self) -> None:
-        ws = self.ws
         frames = self.stream.frames_to_send()
-        if ws is None or ws.closed:
+        if self.ws is None or self.ws.closed:
             return
         for frame in frames:
-            asyncio.ensure_future(_safe_send(ws, frame))
+            self._outq.put_nowait(frame)
+
+    async def _writer(self, ws: web.WebSocketResponse) -> None:
+        while True:
+            frame = await self._outq.get()
+            with contextlib.suppress(Exception):
+                await ws.send_bytes(frame)
 
     async def attach(self, ws: web.WebSocketResponse) -> None:
         self.ws = ws
+        self._outq = asyncio.Queue()
+        writer = asyncio.create_task(self._writer(ws))
         self.connected.set()
         self.stream.reconnected(self.loop.time())
         if not self.started:
             self.started = True
             if self.do_handshake:
-                self.stream.send(PayloadType.HANDSHAKE_REQUEST, self.handshake.request(),
-                                 self.loop.time())
+                request = self.handshake.request()
+                if self.kms_keys is not None:
+                    obj = json.loads(request)
+                    obj["RequestedClientActions"].append({
+                        "ActionType": "KMSEncryption",
+                        "ActionParameters": {"KMSKeyId": "alias/test", "Challenge": "x"}})
+                    request = json.dumps(obj).encode()
+                self.stream.send(PayloadType.HANDSHAKE_REQUEST, request, self.loop.time())
             else:
                 self.ready.set()
         self.flush()
@@ -94,6 +116,7 @@ class FakeAgent:
                     await self._on_frame(wsmsg.data)
         finally:
             timer.cancel()
+            writer.cancel()
             if self.ws is ws:
                 self.ws = None
                 self.connected.clear()
@@ -123,11 +146,25 @@ class FakeAgent:
                         self.stream.reconfigure(window=fast.window, digest=fast.digest,
                                                 now=self.loop.time())
                     self.flush()
+                    if self.kms_keys is not None:
+                        self._start_challenge(ev.payload)
+                        continue
                     self.send(PayloadType.HANDSHAKE_COMPLETE, self.handshake.complete(
                         self.loop.time(), ""))
                     self.ready.set()
                     continue
-                item = Received(ev.payload_type, ev.payload)
+                if ev.payload_type == PayloadType.ENC_CHALLENGE_RESPONSE and self.cipher:
+                    answer = base64.b64decode(json.loads(ev.payload)["Challenge"])
+                    assert self._challenge is not None
+                    verify_challenge(self.cipher, self._challenge, answer)
+                    self.send(PayloadType.HANDSHAKE_COMPLETE, self.handshake.complete(
+                        self.loop.time(), "This session is encrypted using AWS KMS."))
+                    self.ready.set()
+                    continue
+                payload = ev.payload
+                if self.cipher is not None and ev.payload_type == PayloadType.OUTPUT:
+                    payload = self.cipher.decrypt(payload)
+                item = Received(ev.payload_type, payload)
                 if self.on_data is not None:
                     result = self.on_data(item)
                     if result is not None:
@@ -137,8 +174,22 @@ class FakeAgent:
             elif isinstance(ev, ControlReceived):
                 pass
 
+    def _start_challenge(self, response: bytes) -> None:
+        assert self.kms_keys is not None
+        for action in json.loads(response)["ProcessedClientActions"]:
+            if action["ActionType"] == "KMSEncryption":
+                blob = base64.b64decode(action["ActionResult"]["KMSCipherTextKey"])
+                self.cipher = SessionCipher(self.kms_keys[blob], is_client=False)
+        assert self.cipher is not None, "client did not do KMSEncryption"
+        self._challenge, request = challenge_request(self.cipher)
+        self.send(PayloadType.ENC_CHALLENGE_REQUEST, json.dumps(
+            {"Challenge": base64.b64encode(request).decode()}).encode())
+
     # --------------------------------------------------------------- driving
     def send(self, payload_type: int, payload: bytes) -> int:
+        if self.cipher is not None and payload_type in (
+                PayloadType.OUTPUT, PayloadType.STDERR, PayloadType.EXIT_CODE):
+            payload = self.cipher.encrypt(payload)
         seq = self.stream.send(payload_type, payload, self.loop.time())
         self.flush()
         return seq
@@ -158,10 +209,10 @@ class FakeAgent:
         return data
 
     async def close_channel(self, output: str = "") -> None:
-        ws = self.ws
-        if ws is not None and not ws.closed:
+        """channel_closed, after everything queued before it."""
+        if self.ws is not None and not self.ws.closed:
             msg = ChannelClosed(session_id=self.session_id, destination_id="mi-0", output=output)
-            await ws.send_bytes(msg.to_message().encode())
+            self._outq.put_nowait(msg.to_message().encode())
 
     async def drop_connection(self) -> None:
         """Close the WebSocket without channel_closed (the client must resume)."""
@@ -173,11 +224,6 @@ class FakeAgent:
         async with asyncio.timeout(timeout):
             while self.stream.unacked:
                 await asyncio.sleep(0.01)
-
-
-async def _safe_send(ws: web.WebSocketResponse, frame: bytes) -> None:
-    with contextlib.suppress(Exception):
-        await ws.send_bytes(frame)
 
 
 @dataclass
@@ -193,6 +239,8 @@ class FakeServer:
     nodes: list[dict[str, Any]] = field(default_factory=list)
     sessions: list[dict[str, Any]] = field(default_factory=list)
     runner: web.AppRunner | None = None
+    kms_keys: dict[bytes, bytes] = field(default_factory=dict)
+    kms_calls: list[dict[str, Any]] = field(default_factory=list)
 
     def new_session(self, session_type: str, properties: Any = None, **kw: Any) -> FakeAgent:
         sid = f"alice-{uuid.uuid4().hex[:17]}"
@@ -227,6 +275,12 @@ class FakeServer:
                                                                 "message": message}),
                                 content_type="application/x-amz-json-1.1")
 
+        if op == "GenerateDataKey":  # KMS (TrentService)
+            self.kms_calls.append(body)
+            key, blob = os.urandom(body["NumberOfBytes"]), os.urandom(48)
+            self.kms_keys[blob] = key
+            return ok({"KeyId": body["KeyId"], "Plaintext": base64.b64encode(key).decode(),
+                       "CiphertextBlob": base64.b64encode(blob).decode()})
         if op == "StartSession":
             if self.start_handler is None:
                 return err("TargetNotConnected", f"{body.get('Target')} is not connected.")
@@ -292,3 +346,32 @@ class FakeServer:
                     await agent.ws.close()
         if self.runner is not None:
             await self.runner.cleanup()
+
+
+class ThreadedServer:
+    """A FakeServer on its own loop in a thread, for code that runs its own event loop."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.server = FakeServer()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.call(self.server.start())
+
+    def call(self, coro: Any, timeout: float = 10.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def run(self, fn: Callable[[], Any]) -> Any:
+        async def wrapper() -> Any:
+            return fn()
+        return self.call(wrapper())
+
+    def spawn(self, coro: Any) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def close(self) -> None:
+        self.call(self.server.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -71,8 +72,7 @@ def test_matches_awscli_shorthand(text: str) -> None:
     except ParameterError:
         got = "error"
     if expected == "error" and got != "error":
-        # Our one extension: quoted keys.  Everything else must agree.
-        assert text.lstrip()[:1] in "\"'" or any(q + "=" in text or q + " =" in text
-                                                  for q in "\"'")
+        # Our one extension: quoted keys ("key"=value).  Everything else must agree.
+        assert re.search(r"[\"']\s*=", text), (text, got)
         return
     assert got == expected

@@ -73,13 +73,21 @@ class Client:
         self.api = BotoSessionApi(resolved.ssm)
         self.task: asyncio.Task[int] | None = None
 
-    def start(self) -> None:
+    def start(self, **kw: Any) -> None:
         stdio = Stdio(self.mode, stdin=self.stdin_r, stdout=self.out_w, stderr=self.err_w)
         self.task = asyncio.create_task(run_session(self.info, self.api, False, self.mode,
-                                                    stdio=stdio))
+                                                    stdio=stdio, **kw))
 
     def type(self, data: bytes) -> None:
         os.write(self.stdin_w, data)
+
+    async def feed(self, data: bytes) -> None:
+        """Write more than a pipe holds, from a thread (the client runs in this loop)."""
+        def write_all() -> None:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.stdin_w, view):]
+        await asyncio.to_thread(write_all)
 
     def close_stdin(self) -> None:
         with contextlib.suppress(OSError):
@@ -192,6 +200,55 @@ async def test_stdin_lone_newline_becomes_cr_and_control_signal(server: FakeServ
     assert await c.result() == 0
 
 
+async def test_terminal_raw_mode_resize_and_restore(server: FakeServer, clients: Any) -> None:
+    """On a terminal: raw mode (Ctrl-C is a byte, Enter is CR), SIGWINCH resizes, restored."""
+    import fcntl
+    import termios
+
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    before = termios.tcgetattr(slave)
+    agent = server.new_session("Standard_Stream")
+    c = clients(server, agent, "shell")
+    os.close(c.stdin_r)
+    c.stdin_r = slave  # stdin is the terminal; stdout stays a pipe (so 300x100)
+    try:
+        c.start()
+        await asyncio.wait_for(agent.ready.wait(), 5)
+        assert (await agent.next_input()).payload == b'{"cols":300,"rows":100}'
+        raw = termios.tcgetattr(slave)
+        assert not raw[3] & (termios.ICANON | termios.ECHO | termios.ISIG)
+        os.write(master, b"\x03\x1a\r")
+        assert await agent.input_until(lambda d: len(d) >= 3) == b"\x03\x1a\r"
+        await agent.close_channel()
+        assert await c.result() == 0
+        assert termios.tcgetattr(slave) == before
+    finally:
+        os.close(master)
+
+
+async def test_resize_from_stdout_terminal(server: FakeServer, clients: Any) -> None:
+    import fcntl
+    import termios
+
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    agent = server.new_session("Standard_Stream")
+    c = clients(server, agent, "shell")
+    c.out_w = slave  # stdout is the terminal
+    try:
+        c.start()
+        await asyncio.wait_for(agent.ready.wait(), 5)
+        assert (await agent.next_input()).payload == b'{"cols":120,"rows":40}'
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 132, 0, 0))
+        os.kill(os.getpid(), signal.SIGWINCH)
+        assert (await agent.next_input()).payload == b'{"cols":132,"rows":50}'
+        await agent.close_channel()
+        assert await c.result() == 0
+    finally:
+        os.close(master)
+
+
 async def test_shell_stdin_eof_sends_eot_and_waits(server: FakeServer, clients: Any) -> None:
     agent = server.new_session("Standard_Stream")
     c = clients(server, agent, "shell")
@@ -268,6 +325,35 @@ async def test_output_before_ready_is_withheld(server: FakeServer, clients: Any)
     flag = await agent.next_input()
     assert flag == Received(PayloadType.FLAG, encode_flag(Flag.DISCONNECT_TO_PORT))
     assert "Connection accepted for session" in c.out.text()
+    await agent.close_channel()
+    assert await c.result() == 0
+
+
+async def test_kms_encrypted_session(server: FakeServer, clients: Any,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """KMSEncryption: data key from (our fake) KMS, challenge, then AES-GCM payloads."""
+    from portless.client.api import kms_data_key_provider
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_KMS", server.base_url)
+    agent = server.new_session("Standard_Stream", offer_fast_path=None,
+                               kms_keys=server.kms_keys)
+    c = clients(server, agent, "shell")
+    resolved = Resolved(ClientOptions(region="us-east-1"))
+    c.start(data_key_provider=kms_data_key_provider(resolved.kms, c.info.session_id,
+                                                    c.info.target))
+    await asyncio.wait_for(agent.ready.wait(), 10)
+    assert server.kms_calls == [{"KeyId": "alias/test", "NumberOfBytes": 64,
+                                 "EncryptionContext": {"aws:ssm:SessionId": c.info.session_id,
+                                                       "aws:ssm:TargetId": c.info.target}}]
+    await c.out.wait_for(b"This session is encrypted using AWS KMS.\n")
+    size = await agent.next_input()
+    assert size.payload == b'{"cols":300,"rows":100}'  # Size is never encrypted
+    c.type(b"secret")
+    assert await agent.input_until(lambda d: d == b"secret") == b"secret"
+    wire = [m for m in agent.frames_in if m.payload_type == PayloadType.OUTPUT]
+    assert wire and b"secret" not in wire[-1].payload and len(wire[-1].payload) == 6 + 28
+    agent.send(PayloadType.OUTPUT, b"classified\r\n")
+    await c.out.wait_for(b"classified\r\n")
     await agent.close_channel()
     assert await c.result() == 0
 
@@ -465,8 +551,9 @@ async def test_stdio_port_mode(server: FakeServer, clients: Any, mode: str) -> N
     agent.send(PayloadType.OUTPUT, b"SSH-2.0-OpenSSH_9.2\r\n")
     await c.out.wait_for(b"SSH-2.0-OpenSSH_9.2\r\n")
     big = os.urandom(300_000)
-    c.type(big)
+    feeding = asyncio.create_task(c.feed(big))
     assert await agent.input_until(lambda d: len(d) >= len(big)) == big
+    await feeding
     c.close_stdin()
     assert await c.result() == 0
     if mode == "ssh-proxy":

@@ -6,12 +6,14 @@ import datetime as dt
 import json
 import os
 import stat
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
 from typing import Any
 from unittest import mock
 
 import botocore.auth
 import pytest
-import requests
 from botocore.exceptions import ClientError
 
 from portless.aws.sigv4 import sign_request
@@ -130,8 +132,26 @@ def test_bad_signature_unknown_key_expired(server: ServerThread) -> None:
     assert "Signature expired" in str(exc.value)
 
 
+@dataclass
+class Reply:
+    status_code: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def _send(req: urllib.request.Request) -> Reply:
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return Reply(resp.status, dict(resp.headers), resp.read())
+    except urllib.error.HTTPError as err:
+        return Reply(err.code, dict(err.headers), err.read())
+
+
 def _raw(server: ServerThread, target: str | None, body: bytes = b"{}", *,
-         sign: bool = True, service: str = "ssm") -> requests.Response:
+         sign: bool = True, service: str = "ssm") -> Reply:
     url = server.url + "/"
     headers = {"Content-Type": "application/x-amz-json-1.1"}
     if target is not None:
@@ -140,7 +160,7 @@ def _raw(server: ServerThread, target: str | None, body: bytes = b"{}", *,
         key, secret = server.credentials()
         headers.update(sign_request("POST", url, headers, body, key, secret, None, REGION,
                                     service, dt.datetime.now(dt.UTC)))
-    return requests.post(url, data=body, headers=headers, timeout=10)
+    return _send(urllib.request.Request(url, data=body, headers=headers, method="POST"))
 
 
 def test_unknown_operation_and_bad_bodies(server: ServerThread) -> None:
@@ -157,7 +177,7 @@ def test_unknown_operation_and_bad_bodies(server: ServerThread) -> None:
     assert resp.json()["__type"] == "MissingAuthenticationTokenException"
     resp = _raw(server, "TrentService.Decrypt", service="kms")
     assert resp.json()["__type"] == "UnknownOperationException"
-    resp = requests.get(server.url + "/nothing-here", timeout=10)
+    resp = _send(urllib.request.Request(server.url + "/nothing-here"))
     assert resp.status_code == 404 and "__type" in resp.json()
     # A request signed for another service is refused.
     resp = _raw(server, "AmazonSSM.DescribeSessions", b'{"State": "Active"}', service="ec2")

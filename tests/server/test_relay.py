@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from collections.abc import AsyncIterator
@@ -191,7 +192,7 @@ async def test_shell_session_end_to_end(env: Env) -> None:
 
 
 async def test_port_session_parameters_are_flattened(env: Env) -> None:
-    out, shell = await env.start(DocumentName="AWS-StartPortForwardingSession",
+    _out, shell = await env.start(DocumentName="AWS-StartPortForwardingSession",
                                  Parameters={"portNumber": ["8080"]})
     task = raw_content(shell)
     assert task["DocumentName"] == "AWS-StartPortForwardingSession"
@@ -243,7 +244,6 @@ async def test_preferences_document_inputs(env: Env) -> None:
 
 async def test_resume_and_reconnect_lose_nothing(env: Env) -> None:
     sid, agent, client, url = await env.connected_session()
-    first_token_reused = None
     m0 = out_msg(0, b"one").encode()
     await agent.send_bytes(m0)
     assert await recv_frame(client) == m0
@@ -333,7 +333,7 @@ async def test_failed_session_output_reaches_client(env: Env) -> None:
 
 async def test_malformed_frame_closes_only_that_channel(env: Env) -> None:
     sid_a, agent_a, client_a, _ = await env.connected_session()
-    sid_b, agent_b, client_b, _ = await env.connected_session()
+    _sid_b, agent_b, client_b, _ = await env.connected_session()
     good = in_msg(0, b"x").encode()
     for bad in (b"short", good[:-1], b"\x00\x00\x00\x70" + good[4:]):
         await client_a.send_bytes(bad)
@@ -355,17 +355,21 @@ async def test_malformed_frame_closes_only_that_channel(env: Env) -> None:
 
 
 async def test_oversized_message_closes_channel(env: Env) -> None:
-    _, agent, client, _ = await env.connected_session()
-    await client.send_bytes(in_msg(0, b"x" * (5 * 1024 * 1024)).encode())
+    sid, agent, client, url = await env.connected_session()
+    with contextlib.suppress(ConnectionError):
+        await client.send_bytes(in_msg(0, b"x" * (5 * 1024 * 1024)).encode())
     code, _ = await expect_closed(client, timeout=10)
-    assert code == 1009
+    assert code in (1009, 1006)
+    # The session goes on: the client resumes and the agent's output reaches it.
+    resumed = await env.ssm("resume_session", SessionId=sid)
+    client = await client_connect(env.http, url, resumed["TokenValue"])
     m = out_msg(0, b"agent fine").encode()
     await agent.send_bytes(m)
-    assert not agent.closed
+    assert await recv_frame(client) == m
 
 
 async def test_agent_reconnect_for_finished_session_is_refused(env: Env) -> None:
-    sid, agent, client, url = await env.connected_session()
+    sid, agent, client, _url = await env.connected_session()
     await env.ssm("terminate_session", SessionId=sid)
     status, text = await env.node.data_token(sid)
     assert status == 400 and "Session is already terminated" in text
@@ -420,8 +424,8 @@ async def test_reader_that_stops_is_cut_off(make_server: Any) -> None:
         control = await node.open_control()
         await wait_connected(server, node.instance_id)
         env = Env(server, http, node, control)
-        sid, agent, client, _ = await env.connected_session()
-        sid2, agent2, client2, _ = await env.connected_session()
+        sid, agent, _client, _ = await env.connected_session()
+        _sid2, agent2, client2, _ = await env.connected_session()
         # The client never reads; the agent keeps sending.
         chunk = b"z" * (1024 * 1024)
 
@@ -442,4 +446,89 @@ async def test_reader_that_stops_is_cut_off(make_server: Any) -> None:
         m = out_msg(0, b"ok").encode()
         await agent2.send_bytes(m)
         assert await recv_frame(client2) == m
+        await control.close()
+
+
+async def test_port_session_byte_counts(env: Env) -> None:
+    sid, agent, client, _ = await env.connected_session(DocumentName="AWS-StartSSHSession")
+    await client.send_bytes(in_msg(0, b"12345").encode())
+    await client.send_bytes(in_msg(0, b"12345").encode())     # a retransmission
+    assert len(await recv_frame(agent)) == 125
+    await recv_frame(agent)
+    await agent.send_bytes(out_msg(0, b"abc").encode())
+    await recv_frame(client)
+    await agent.close()
+    await env.node.task_complete(env.control, sid)
+    await recv_until(client, MessageType.CHANNEL_CLOSED)
+    await wait_status(env, sid, "History", "Terminated")
+    stored = env.server.run(env.server.ctx.store.get_session(sid))
+    assert (stored.bytes_in, stored.bytes_out) == (5, 3)
+    assert not (env.server.config.data_dir / "recordings" / f"{sid}.cast").exists()
+
+
+async def test_describe_sessions_filters_and_pages(env: Env) -> None:
+    sids = []
+    for _ in range(3):
+        out, _ = await env.start()
+        sids.append(out["SessionId"])
+    ssm = env.server.ssm()
+    first = await asyncio.to_thread(ssm.describe_sessions, State="Active", MaxResults=2)
+    assert len(first["Sessions"]) == 2 and first["NextToken"]
+    second = await asyncio.to_thread(ssm.describe_sessions, State="Active", MaxResults=2,
+                                     NextToken=first["NextToken"])
+    got = [s["SessionId"] for s in first["Sessions"] + second["Sessions"]]
+    assert sorted(got) == sorted(sids)
+    assert got == sids[::-1]                      # newest first
+    assert "NextToken" not in second
+    for value in ("admin", env.server.run(env.server.ctx.store.get_user("admin")).arn):
+        mine = await asyncio.to_thread(ssm.describe_sessions, State="Active",
+                                       Filters=[{"key": "Owner", "value": value}])
+        assert len(mine["Sessions"]) == 3
+    none = await asyncio.to_thread(ssm.describe_sessions, State="Active",
+                                   Filters=[{"key": "Target", "value": "mi-00000000000000000"}])
+    assert none["Sessions"] == []
+    later = await asyncio.to_thread(ssm.describe_sessions, State="Active",
+                                    Filters=[{"key": "InvokedAfter",
+                                              "value": "2100-01-01T00:00:00Z"}])
+    assert later["Sessions"] == []
+    connecting = await asyncio.to_thread(ssm.describe_sessions, State="Active",
+                                         Filters=[{"key": "Status", "value": "Connecting"}])
+    assert len(connecting["Sessions"]) == 3
+
+
+async def test_max_session_duration(make_server: Any) -> None:
+    server = make_server(minute_seconds=0.5)
+    async with aiohttp.ClientSession() as http:
+        node = await Node.register(http, server.url, server.ssm())
+        control = await node.open_control()
+        await wait_connected(server, node.instance_id)
+        env = Env(server, http, node, control)
+        prefs = {"schemaVersion": "1.0", "sessionType": "Standard_Stream",
+                 "inputs": {"maxSessionDuration": "1", "idleSessionTimeout": "60"}}
+        await env.ssm("create_document", Name="SSM-SessionManagerRunShell",
+                      DocumentType="Session", Content=json.dumps(prefs))
+        sid, _agent, client, _ = await env.connected_session()
+        found = await env.session(sid)
+        assert found is not None and found["MaxSessionDuration"] == "1"
+        closed = await recv_until(client, MessageType.CHANNEL_CLOSED, timeout=5)
+        assert "maximum session duration" in ChannelClosed.from_json(closed.payload).output
+        await wait_status(env, sid, "History", "Terminated")
+        await control.close()
+
+
+async def test_expired_token_is_refused(make_server: Any) -> None:
+    server = make_server(channel_token_ttl=0.3)
+    async with aiohttp.ClientSession() as http:
+        node = await Node.register(http, server.url, server.ssm())
+        control = await node.open_control()
+        await wait_connected(server, node.instance_id)
+        env = Env(server, http, node, control)
+        out, _ = await env.start()
+        await asyncio.sleep(0.5)
+        client = await client_connect(http, out["StreamUrl"], out["TokenValue"])
+        code, reason = await expect_closed(client)
+        assert code == 1008 and "token" in reason
+        wrong = await client_connect(http, out["StreamUrl"], "not-a-token")
+        code, _ = await expect_closed(wrong)
+        assert code == 1008
         await control.close()

@@ -60,3 +60,24 @@ class NoApi:
 
     async def terminate(self, session_id: str) -> None:
         return None
+
+
+LEGACY_KMS_ERROR = ("Installed version of CLI does not support Session Manager encryption "
+                    "feature. Please upgrade to the latest version of your CLI (e.g., AWS CLI).")
+
+
+def kms_data_key_provider(make_client: Callable[[], Any], session_id: str, target: str,
+                          *, legacy: bool = False) -> Callable[[str], tuple[bytes, bytes]]:
+    """GenerateDataKey for the KMSEncryption handshake action (client spec §7.7).
+
+    `make_client` builds a botocore `kms` client (its endpoint follows the usual
+    configuration, so AWS_ENDPOINT_URL_KMS can point it at a local KMS).
+    """
+    def provide(key_id: str) -> tuple[bytes, bytes]:
+        if legacy:
+            raise RuntimeError(LEGACY_KMS_ERROR)
+        resp = make_client().generate_data_key(
+            KeyId=key_id, NumberOfBytes=64,
+            EncryptionContext={"aws:ssm:SessionId": session_id, "aws:ssm:TargetId": target})
+        return bytes(resp["Plaintext"]), bytes(resp["CiphertextBlob"])
+    return provide

@@ -3,17 +3,19 @@
 `start-session` takes the same arguments as `aws ssm start-session`; the short verbs
 (shell, exec, forward, ssh-proxy, ssh-config, nodes, sessions, terminate) are built on
 the same calls.  Every verb takes --endpoint-url, --profile and --region (plus the AWS
-CLI's --ca-bundle and --no-verify-ssl); errors are one line on stderr, never a traceback.
+CLI's --ca-bundle and --no-verify-ssl); errors are one line on stderr, never a traceback
+(PORTLESS_DEBUG=1 in the environment shows debug logs and tracebacks instead).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import re
+import shlex
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn
 
 from portless.client.config import ClientOptions, ConfigError, Resolved
 from portless.client.params import ParameterError, parse_parameters
@@ -147,14 +149,20 @@ def forward_request(target: str, spec: str) -> dict[str, Any]:
 
 
 def exec_request(target: str, command: Sequence[str]) -> dict[str, Any]:
+    """AWS-StartNonInteractiveCommand with `command` built from the words after `--`.
+
+    The agent splits the command line like a shell and runs it without one, so several
+    words are quoted with shlex.join (each arrives as one argument); a single word is
+    taken as a command line as it stands (`portless exec T -- "ls -la /tmp"`).  For
+    pipes and the like, run a shell: `portless exec T -- sh -c 'a | b'`.
+    """
     words = list(command)
     if words and words[0] == "--":
         words = words[1:]
     if not words:
         raise UsageError("exec needs a command: portless exec TARGET -- COMMAND [ARG...]")
-    # Like ssh: the words are joined with spaces and the remote shell parses them.
-    return {"Target": target, "DocumentName": DOC_COMMAND,
-            "Parameters": {"command": [" ".join(words)]}}
+    line = words[0] if len(words) == 1 else shlex.join(words)
+    return {"Target": target, "DocumentName": DOC_COMMAND, "Parameters": {"command": [line]}}
 
 
 def start_session_request(args: argparse.Namespace) -> dict[str, Any]:
@@ -170,8 +178,6 @@ def start_session_request(args: argparse.Namespace) -> dict[str, Any]:
 
 def ssh_config_text(options: ClientOptions, command: str = PROG) -> str:
     """The seeds' `Host i-* mi-*` block, with portless as the ProxyCommand."""
-    import shlex
-
     words = [command]
     if options.profile:
         words += ["--profile", options.profile]
@@ -194,10 +200,9 @@ def _err(message: str) -> None:
     sys.stderr.flush()
 
 
-def start_and_run(resolved: Resolved, request: dict[str, Any], *, mode: str,
-                  out: TextIO | None = None) -> int:
+def start_and_run(resolved: Resolved, request: dict[str, Any], *, mode: str) -> int:
     """StartSession, then run the session in `mode` (see session.RunMode)."""
-    from portless.client.api import BotoSessionApi
+    from portless.client.api import BotoSessionApi, kms_data_key_provider
     from portless.client.session import SessionInfo, run_mode
 
     client = resolved.ssm()
@@ -205,7 +210,8 @@ def start_and_run(resolved: Resolved, request: dict[str, Any], *, mode: str,
     info = SessionInfo(session_id=resp["SessionId"], token=resp["TokenValue"],
                        stream_url=resp["StreamUrl"], target=request["Target"])
     api = BotoSessionApi(resolved.ssm)
-    return run_mode(info, api, resolved.ssl_context(), mode)
+    kms = kms_data_key_provider(resolved.kms, info.session_id, info.target)
+    return run_mode(info, api, resolved.ssl_context(), mode, data_key_provider=kms)
 
 
 def cmd_start_session(args: argparse.Namespace, resolved: Resolved) -> int:
@@ -289,6 +295,12 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(args_list)
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    debug = bool(os.environ.get("PORTLESS_DEBUG"))
+    if debug:
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr,
+                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # A flag given after the verb wins over the same flag before it.
     options = options_from(args)
     if args.verb == "ssh-config":
@@ -311,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Exception as exc:
+        if debug:
+            raise
         return _report(exc)
 
 
@@ -322,8 +336,3 @@ def _report(exc: Exception) -> int:
         return API_ERROR_STATUS
     _err(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
     return 1
-
-
-def dump_request(request: dict[str, Any]) -> str:
-    """json.dumps as the AWS CLI does for the plugin's argv[5]."""
-    return json.dumps(request)

@@ -121,6 +121,10 @@ class Resolved:
         except botocore("exceptions").BotoCoreError as exc:
             raise ConfigError(str(exc)) from None
 
+    def kms(self) -> BotoClient:
+        """A `kms` client for the same profile, region and TLS settings."""
+        return self.session.create_client("kms", region_name=self.region(), verify=self.verify)
+
     @property
     def endpoint_url(self) -> str:
         return str(self.ssm().meta.endpoint_url)

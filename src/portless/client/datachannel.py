@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
-from portless.protocol.encryption import EncryptionError, SessionCipher, challenge_response
 from portless.protocol.handshake import ClientHandshake, FastPath, HandshakeFailed, SessionParams
 from portless.protocol.message import Message, MessageError, MessageType, PayloadType, decode
 from portless.protocol.payloads import ChannelClosed, OpenDataChannel, PayloadError
@@ -50,6 +49,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from portless.client.api import SessionApi
+    from portless.protocol.encryption import SessionCipher
     from portless.protocol.handshake import DataKeyProvider
 
 log = logging.getLogger(__name__)
@@ -391,7 +391,9 @@ class DataChannel:
     async def _reconnect(self) -> bool:
         """ResumeSession, then re-dial the original StreamUrl with the new token."""
         self._connected.clear()
-        self._ws = None
+        old, self._ws = self._ws, None
+        if old is not None and not old.closed:
+            self._background(asyncio.wait_for(old.close(), 1.0))
         for delay in [*retry_delays(), None]:
             if self._done.done():
                 return False
@@ -566,6 +568,8 @@ class DataChannel:
     async def _deliver(self, payload_type: int, payload: bytes) -> None:
         if self.cipher is not None and payload_type in (
                 PayloadType.OUTPUT, PayloadType.STDERR, PayloadType.EXIT_CODE):
+            from portless.protocol.encryption import EncryptionError
+
             try:
                 payload = self.cipher.decrypt(payload)
             except EncryptionError as exc:
@@ -598,12 +602,16 @@ class DataChannel:
             log.debug("handshake request: %s", exc)
             return
         if self.handshake.data_key is not None:
+            from portless.protocol.encryption import SessionCipher
+
             self.cipher = SessionCipher(self.handshake.data_key, is_client=True)
         self.send_nowait(PayloadType.HANDSHAKE_RESPONSE, response)
 
     def _challenge(self, payload: bytes) -> None:
         if self.cipher is None:
             return
+        from portless.protocol.encryption import EncryptionError, challenge_response
+
         try:
             challenge = json.loads(payload)["Challenge"]
             answer = challenge_response(self.cipher, base64.b64decode(challenge))

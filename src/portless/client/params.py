@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import string
 from typing import Any
 
@@ -52,6 +53,12 @@ def _follows_first(ch: str) -> bool:
 
 def _follows_second(ch: str) -> bool:
     return ch.isspace() or _in_ranges(ch, _SECOND_FOLLOW)
+
+
+# A quoted value: backslash-quote does not end it (with regex backtracking, so a trailing
+# backslash before the closing quote still closes).
+_SINGLE_QUOTED = re.compile(r"'(?:\\'|[^'])*'")
+_DOUBLE_QUOTED = re.compile(r'"(?:\\"|[^"])*"')
 
 
 class _Backtrack(Exception):
@@ -94,7 +101,6 @@ class ShorthandParser:
     # ---------------------------------------------------------------- grammar
     def parse(self) -> dict[str, Any]:
         result: dict[str, Any] = {}
-        self._ws()
         while True:
             key, value = self._keyval()
             if key in result:
@@ -102,7 +108,6 @@ class ShorthandParser:
                     f'Second instance of key "{key}" in --parameters; this is often '
                     'because there is a preceding "," instead of a space.')
             result[key] = value
-            self._ws()
             if self._eof():
                 return result
             self._expect(",", ws=True)
@@ -136,7 +141,6 @@ class ShorthandParser:
             return first
         items = [first]
         while True:
-            comma = self.i
             self.i += 1  # the comma
             self._ws()
             try:
@@ -145,8 +149,10 @@ class ShorthandParser:
                 if not self._eof() and self._cur() != ",":
                     raise _Backtrack
             except (_Backtrack, ParameterError):
-                # "a=b,c=d": 'c' starts a new key; give the comma back.
-                self.i = comma
+                if self._eof():
+                    raise self._error("a value") from None
+                # "a=b,c=d": 'c' starts a new key; go back to the last comma seen.
+                self.i = self.text.rfind(",", 0, self.i + 1)
                 break
             items.append(item)
             if self._eof():
@@ -185,20 +191,11 @@ class ShorthandParser:
 
     def _quoted(self) -> str:
         quote = self._cur()
-        j = self.i + 1
-        text = self.text
-        while j < len(text):
-            if text[j] == "\\" and j + 1 < len(text) and text[j + 1] == quote:
-                j += 2
-                continue
-            if text[j] == quote:
-                break
-            j += 1
-        else:
+        m = (_SINGLE_QUOTED if quote == "'" else _DOUBLE_QUOTED).match(self.text, self.i)
+        if m is None:
             raise self._error(f"closing {quote}")
-        value = text[self.i + 1:j]
-        self.i = j + 1
-        return value.replace("\\" + quote, quote).replace("\\\\", "\\")
+        self.i = m.end()
+        return m.group()[1:-1].replace("\\" + quote, quote).replace("\\\\", "\\")
 
     def _list(self) -> list[Any]:
         self._expect("[", ws=True)

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(parsed: PluginArgs) -> int:
-    from portless.client.api import BotoSessionApi
+    from portless.client.api import BotoSessionApi, kms_data_key_provider
     from portless.client.config import ClientOptions, ConfigError, Resolved
     from portless.client.session import SessionInfo, run_mode
 
@@ -152,8 +152,11 @@ def run(parsed: PluginArgs) -> int:
         return 0
     info = SessionInfo(session_id=parsed.session_id, token=parsed.token,
                        stream_url=parsed.stream_url, target=parsed.target)
+    kms = kms_data_key_provider(resolved.kms, info.session_id, info.target,
+                                legacy=parsed.legacy)
     try:
-        return run_mode(info, BotoSessionApi(resolved.ssm), ssl, "plugin")
+        return run_mode(info, BotoSessionApi(resolved.ssm), ssl, "plugin",
+                        data_key_provider=kms)
     except KeyboardInterrupt:
         return 0
 

@@ -117,6 +117,20 @@ class _PortBase:
 
     async def _accepted(self, reader: asyncio.StreamReader,
                         writer: asyncio.StreamWriter) -> None:
+        """Connection callback: serve, and never end cancelled (Python 3.11's stream
+        server logs a spurious error for a connection task that ends cancelled)."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            _close_writer(writer)
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         raise NotImplementedError
 
     def _install_signals(self) -> None:
@@ -269,8 +283,8 @@ class BasicPortHandler(_PortBase):
         # Not ready until a local client connects: output waits at the agent (§8.4).
         self.ch.set_ready(False)
 
-    async def _accepted(self, reader: asyncio.StreamReader,
-                        writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
         async with self._one:
             if self.ch.done:
                 _close_writer(writer)
@@ -436,8 +450,8 @@ class MuxPortHandler(_PortBase):
 
     # ---------------------------------------------------------- local side
 
-    async def _accepted(self, reader: asyncio.StreamReader,
-                        writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
         if self.ch.done or self._failed:
             _close_writer(writer)
             return
@@ -456,7 +470,7 @@ class MuxPortHandler(_PortBase):
             await self._push()
             await self._read_local(conn)
             # Wait for the peer's FIN (or a failure) before releasing the connection.
-            await conn.writer_task
+            await asyncio.wait([conn.writer_task])
         finally:
             _close_writer(writer)
             self.conns.pop(sid, None)

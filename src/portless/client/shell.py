@@ -106,6 +106,8 @@ class ShellHandler:
 
     async def start(self) -> None:
         if self.mode.read_stdin and os.isatty(self.stdio.stdin_fd):
+            # Texts printed so far were meant for a cooked terminal (CR added to LF).
+            await self.stdio.out.flush(timeout=1.0)
             self.terminal.enter()
         self._send_size()
         self._install_signals()

@@ -16,12 +16,13 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from portless.aws.arn import managed_instance_arn
 from portless.aws.awsjson import CONTENT_TYPE, json_dumps, parse_body
 from portless.aws.errors import AwsError, unknown_operation, unrecognized_client
 from portless.aws.rsa_signature import verify_rsa
 from portless.aws.sigv4 import parse_authorization
 from portless.server.auth import ANONYMOUS, Caller, signed_request
-from portless.server.context import CONTEXT, Call
+from portless.server.context import CONTEXT, Call, ServerContext
 from portless.server.middleware import REQUEST_ID
 
 log = logging.getLogger(__name__)
@@ -58,12 +59,6 @@ def json_response(obj: dict[str, Any], request_id: str, status: int = 200) -> we
                         headers={"Content-Type": CONTENT_TYPE, "x-amzn-RequestId": request_id})
 
 
-def error_response(error: AwsError, request_id: str) -> web.Response:
-    return web.Response(body=error.to_json(), status=error.status,
-                        headers={"Content-Type": CONTENT_TYPE, "x-amzn-RequestId": request_id,
-                                 "x-amzn-ErrorType": error.code})
-
-
 def _resolve(target: str | None) -> tuple[str, str, Operation]:
     if not target:
         raise unknown_operation()
@@ -77,7 +72,8 @@ def _resolve(target: str | None) -> tuple[str, str, Operation]:
     return prefix, service, op
 
 
-async def _authenticate_rsa(call_request: web.Request, body: bytes, ctx: Any) -> Caller:
+async def _authenticate_rsa(call_request: web.Request, body: bytes,
+                            ctx: ServerContext) -> Caller:
     req = signed_request(call_request, body)
     auth = parse_authorization(req.header_map.get("authorization"))
     instance = await ctx.store.get_instance(auth.access_key_id)
@@ -88,8 +84,6 @@ async def _authenticate_rsa(call_request: web.Request, body: bytes, ctx: Any) ->
         instance_id = verify_rsa(req, key_text, now=datetime.now(UTC))
     except binascii.Error:
         raise unrecognized_client() from None
-    from portless.aws.arn import managed_instance_arn
-
     arn = str(managed_instance_arn(ctx.region, ctx.account_id, instance_id))
     return Caller("instance", instance_id, arn)
 

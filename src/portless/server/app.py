@@ -77,12 +77,13 @@ async def _close_interrupted_sessions(store: Store) -> None:
     """Sessions that were live when the server last stopped cannot continue: close them."""
     while True:
         page = await store.list_sessions("Active", max_results=200)
-        if not page.items:
-            return
+        changed = 0
         for sess in page.items:
-            await store.update_session_status(sess.session_id, "Terminated",
-                                              details="The server restarted.",
-                                              only_if_status_in=ACTIVE_STATUSES)
+            changed += await store.update_session_status(sess.session_id, "Terminated",
+                                                         details="The server restarted.",
+                                                         only_if_status_in=ACTIVE_STATUSES)
+        if not page.items or not changed:
+            return
 
 
 @dataclass(eq=False)

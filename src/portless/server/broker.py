@@ -64,6 +64,7 @@ MAX_DURATION_OUTPUT = ("Your session has reached the maximum session duration an
                        "been terminated.")
 START_TIMEOUT_OUTPUT = ("The agent on {target} did not open the session's data channel "
                         "in time; the session failed.")
+SHUTDOWN_OUTPUT = "The portless server is shutting down; the session was terminated."
 AGENT_GONE_OUTPUT = "The agent on {target} disconnected; the session ended."
 
 SendControl = Callable[[str, bytes], Awaitable[bool]]
@@ -193,13 +194,14 @@ class Broker:
                 await self._sweeper
             self._sweeper = None
         for relay in list(self.relays.values()):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.end(relay, "Terminated", SHUTDOWN_OUTPUT,
+                                                cancel_agent=True), 5.0)
             for peer in relay.peers:
                 if peer is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(
-                            peer.ws.close(code=CLOSE_GOING_AWAY,
-                                          message=b"server shutting down"), 1.0)
-            await self.recordings.finish(relay.recorder)
+                    await _close_quietly(peer.ws, CLOSE_GOING_AWAY, b"server shutting down")
+        for task in list(self._background):
+            task.cancel()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
 
@@ -280,9 +282,15 @@ class Broker:
         try:
             await peer.ws.send_bytes(data)
         except Exception:
-            # The receiver went away mid-send: keep the frame for its reconnect.
-            relay.pending[dst].push(data)
             peer.ready = False
+            peer.sending_since = 0.0
+            current = relay.peers[dst]
+            if current is not None and current is not peer and current.ready:
+                # A newer connection took over while this frame was in flight.
+                await self._forward(relay, dst, data)
+            else:
+                # The receiver went away mid-send: keep the frame for its reconnect.
+                relay.pending[dst].push(data)
         finally:
             peer.sending_since = 0.0
 
@@ -469,8 +477,9 @@ class Broker:
                         done.session_id, relay.info.instance_id)
             return
         failed = done.final_status in ("Failed", "TimedOut")
-        await self.end(relay, "Failed" if failed else "Terminated",
-                       done.output if failed else "", cancel_agent=False)
+        # Not awaited: closing the client's socket must not hold up the control channel.
+        self._spawn(self.end(relay, "Failed" if failed else "Terminated",
+                             done.output if failed else "", cancel_agent=False))
 
     async def instance_disconnected(self, instance_id: str) -> None:
         """The node's control channel dropped; its sessions live on their data channels."""

@@ -205,7 +205,8 @@ async def data_channel_ws(request: web.Request) -> web.StreamResponse:
         except AwsError as exc:
             return await _refuse(ws, exc.message)
     else:
-        who = caller or Caller("user", "token", f"token-bearer:{session_id}")
+        owner = relay.info.owner_arn if relay is not None else f"token-bearer:{session_id}"
+        who = caller or Caller("user", owner.rsplit("/", 1)[-1], owner)
         ctx.authorizer.record(who, action, arn, True, "client data-channel token", audit)
     if relay is None or relay.ended:
         if not is_agent:

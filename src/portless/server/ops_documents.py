@@ -54,6 +54,7 @@ DOCUMENT_TYPES = ("Command", "Policy", "Automation", "Session", "Package", "Appl
 FORMATS = ("YAML", "JSON", "TEXT")
 MAX_DOCUMENT_SIZE = 64 * 1024
 AMAZON = "Amazon"
+BUILTIN_CREATED = 1546300800.0   # 2019-01-01: a fixed date for the AWS-managed documents
 
 
 def document_name_from(name_or_arn: str) -> str:
@@ -142,7 +143,7 @@ def _stored_description(ctx: ServerContext, doc: Document,
 
 
 def _builtin_description(ctx: ServerContext, name: str) -> dict[str, Any]:
-    return _description(ctx, name=name, owner=AMAZON, created=0.0, version=1, latest=1,
+    return _description(ctx, name=name, owner=AMAZON, created=BUILTIN_CREATED, version=1, latest=1,
                         default=1, content=builtin_content(name), fmt="JSON",
                         doc_type="Session", version_name=None, display_name=None,
                         target_type=None, tags={})
@@ -295,7 +296,7 @@ async def get_document(call: Call) -> dict[str, Any]:
     if is_builtin(name) and version in (None, "$LATEST", "$DEFAULT", "1") \
             and await ctx.store.get_document(name) is None:
         content, fmt = _convert(builtin_content(name), "JSON", want_fmt)
-        return {"Name": name, "CreatedDate": 0.0, "DocumentVersion": "1", "Status": "Active",
+        return {"Name": name, "CreatedDate": BUILTIN_CREATED, "DocumentVersion": "1", "Status": "Active",
                 "Content": content, "DocumentType": "Session", "DocumentFormat": fmt}
     if version is not None and await ctx.store.get_document(name) is not None:
         raise AwsError("InvalidDocumentVersion", "The document version is not valid or does "
@@ -336,7 +337,7 @@ def _identifier(ctx: ServerContext, doc: Document, ver: DocumentVersion | None) 
 
 
 def _builtin_identifier(name: str) -> dict[str, Any]:
-    return {"Name": name, "CreatedDate": 0.0, "Owner": AMAZON,
+    return {"Name": name, "CreatedDate": BUILTIN_CREATED, "Owner": AMAZON,
             "PlatformTypes": ["Windows", "Linux", "MacOS"], "DocumentVersion": "1",
             "DocumentType": "Session", "SchemaVersion": "1.0", "DocumentFormat": "JSON",
             "Tags": []}

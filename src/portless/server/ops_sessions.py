@@ -169,6 +169,14 @@ def _date_filter(value: str) -> float:
                        f"The filter value {value} is not a valid date.") from None
 
 
+async def _owner_arn(call: Call, value: str) -> str:
+    """The Owner filter takes an ARN; a bare user name is accepted too."""
+    if value.startswith("arn:"):
+        return value
+    user = await call.ctx.store.get_user(value)
+    return user.arn if user is not None else value
+
+
 def describe_session(sess: Session) -> dict[str, Any]:
     item: dict[str, Any] = {
         "SessionId": sess.session_id, "Target": sess.target, "Status": sess.status,
@@ -216,7 +224,7 @@ async def describe_sessions(call: Call) -> dict[str, Any]:
             elif key == "Target":
                 criteria["target"] = value
             elif key == "Owner":
-                criteria["owner"] = value
+                criteria["owner"] = await _owner_arn(call, value)
             elif key == "Status":
                 if value not in SESSION_STATUSES:
                     raise AwsError("ValidationException",

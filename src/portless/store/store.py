@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from portless.store._base import make_engine
 from portless.store.audit import AuditMixin
 from portless.store.documents import DocumentsMixin
+from portless.store.iam import IamMixin
 from portless.store.identity import IdentityMixin
 from portless.store.migrations import migrate
 from portless.store.nodes import NodesMixin
@@ -19,7 +20,7 @@ from portless.store.sessions import SessionsMixin
 DEFAULT_URL = "sqlite+aiosqlite:///portless.db"
 
 
-class Store(NodesMixin, IdentityMixin, SessionsMixin, DocumentsMixin, AuditMixin):
+class Store(NodesMixin, IdentityMixin, IamMixin, SessionsMixin, DocumentsMixin, AuditMixin):
     """Async persistence over SQLite (embedded) or PostgreSQL (replicas), chosen by URL.
 
     Create with :meth:`open`, which also brings the schema up to date. The

@@ -1,0 +1,72 @@
+"""`portless agent run` as a real process: it serves sessions and listens on nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+from portless.agent.registration import register
+from portless.agent.state import StateDir
+from tests.agent import documents
+from tests.agent.relay import ACTIVATION_CODE, ACTIVATION_ID, REGION, LoopbackServer
+
+
+def socket_inodes(pid: int) -> set[str]:
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            found.add(target[len("socket:["):-1])
+    return found
+
+
+def listening_inodes() -> set[str]:
+    found = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":                       # TCP_LISTEN
+                found.add(fields[9])
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[3], 16) & 0x10000:                # __SO_ACCEPTCON: a listener
+            found.add(fields[6])
+    return found
+
+
+async def test_agent_process_serves_a_shell_and_never_listens(server: LoopbackServer,
+                                                              tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    reg = await register(StateDir(state), endpoint=server.url, activation_id=ACTIVATION_ID,
+                         activation_code=ACTIVATION_CODE, region=REGION)
+    log = (tmp_path / "agent.log").open("wb")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "portless", "agent", "run", "--state-dir", str(state),
+        stdout=asyncio.subprocess.DEVNULL, stderr=log)
+    try:
+        await asyncio.wait_for(server.control_connected.wait(), 20)
+        assert server.control_opens[0].token
+        client = await server.start_session(documents.shell())
+        await client.type("echo from-the-process-$((20+22))\r")
+        await client.expect(r"from-the-process-42")
+
+        mine = socket_inodes(proc.pid)
+        assert mine, "the agent holds its outbound connections"
+        assert not mine & listening_inodes()
+
+        await client.type("exit\r")
+        done = await server.completion(client.side.session_id)
+        assert done.final_status == "Success" and done.instance_id == reg.instance_id
+        await client.stop()
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 15)
+        log.close()
+    assert code == 0, (tmp_path / "agent.log").read_text()

@@ -375,3 +375,5 @@ class ThreadedServer:
         self.call(self.server.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
+        if not self.loop.is_running():
+            self.loop.close()

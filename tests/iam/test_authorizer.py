@@ -80,8 +80,10 @@ async def test_user_inline_policy_and_audit(store: Store, authz: Authorizer) -> 
         "user", "alice", "connect", doc({**allow("ssm:StartSession", target), "Sid": "Connect"})
     )
     allowed = await authz.decide(
-        alice, "ssm:StartSession", target, {"request_id": "r2", "source_ip": "10.0.0.1",
-                                            "target": NODE_A}  # fmt: skip
+        alice,
+        "ssm:StartSession",
+        target,
+        {"request_id": "r2", "source_ip": "10.0.0.1", "target": NODE_A},
     )
     assert allowed.allowed and allowed.policy_name == "connect" and allowed.sid == "Connect"
     assert not (await authz.decide(alice, "ssm:StartSession", node_arn(NODE_B))).allowed
@@ -117,14 +119,18 @@ async def test_groups_managed_policies_and_explicit_deny(store: Store, authz: Au
     await store.attach_policy("group", "ops", arn)
     decision = await authz.decide(bob, "ssm:StartSession", node_arn(NODE_A))
     assert decision.allowed and decision.policy_arn == arn and decision.policy_name == "Sessions"
-    await store.create_policy_version(arn, doc(allow("ssm:GetConnectionStatus")), set_as_default=True)
+    await store.create_policy_version(
+        arn, doc(allow("ssm:GetConnectionStatus")), set_as_default=True
+    )
     assert not (await authz.decide(bob, "ssm:StartSession", node_arn(NODE_A))).allowed
     await store.set_default_policy_version(arn, "v1")
     assert (await authz.decide(bob, "ssm:StartSession", node_arn(NODE_A))).allowed
 
     # A group's explicit deny beats the user's own allow.
     await store.put_inline_policy("user", "bob", "all", doc(allow("ssm:*")))
-    await store.put_inline_policy("group", "ops", "no-prod", doc(deny("ssm:StartSession", node_arn(NODE_B))))
+    await store.put_inline_policy(
+        "group", "ops", "no-prod", doc(deny("ssm:StartSession", node_arn(NODE_B)))
+    )
     decision = await authz.decide(bob, "ssm:StartSession", node_arn(NODE_B))
     assert decision.reason == "explicit deny" and decision.policy_name == "no-prod"
     events = await store.list_audit_events(newest_first=True, limit=1)
@@ -162,7 +168,11 @@ async def test_seed_004_policy_with_username_variable(store: Store, authz: Autho
             {
                 "Effect": "Allow",
                 "Action": "ssm:StartSession",
-                "Resource": [f"arn:aws:ec2:*:*:instance/i-0123456789abcdef0", node_arn(NODE_A), "arn:aws:ssm:*:*:document/AWS-StartSSHSession"],
+                "Resource": [
+                    "arn:aws:ec2:*:*:instance/i-0123456789abcdef0",
+                    node_arn(NODE_A),
+                    "arn:aws:ssm:*:*:document/AWS-StartSSHSession",
+                ],
             },
             {
                 "Effect": "Allow",
@@ -236,7 +246,9 @@ async def test_source_ip_secure_transport_and_time(store: Store, authz: Authoriz
         await authz.decide(fay, "ssm:StartSession", arn, {**ctx, "source_ip": "192.0.2.1"}, now=NOW)
     ).allowed
     assert not (
-        await authz.decide(fay, "ssm:StartSession", arn, {**ctx, "secure_transport": False}, now=NOW)
+        await authz.decide(
+            fay, "ssm:StartSession", arn, {**ctx, "secure_transport": False}, now=NOW
+        )
     ).allowed
     assert not (await authz.decide(fay, "ssm:StartSession", arn, ctx, now=2_000_000_000.0)).allowed
 
@@ -317,7 +329,9 @@ async def test_nodes_act_with_their_role(store: Store, authz: Authorizer) -> Non
     assert not (await authz.decide(power, "ssm:DescribeInstanceInformation")).allowed
     await store.attach_policy("role", "PowerRole", AMAZON_SSM_READ_ONLY_ACCESS.arn)
     assert (await authz.decide(power, "ssm:DescribeInstanceInformation")).allowed
-    assert not (await authz.decide(power, "ssm:UpdateInstanceInformation", node_arn(NODE_B))).allowed
+    assert not (
+        await authz.decide(power, "ssm:UpdateInstanceInformation", node_arn(NODE_B))
+    ).allowed
     assert [p.name for p in await authz.policies_for(power)] == ["AmazonSSMReadOnlyAccess"]
 
 
@@ -352,7 +366,9 @@ async def test_access_denied_messages(store: Store, authz: Authorizer) -> None:
         status=403,
     )  # fmt: skip
     assert (iam_error.code, iam_error.status) == ("AccessDenied", 403)
-    assert iam_error.message.endswith("perform: iam:ListUsers because no identity-based policy allows the iam:ListUsers action")  # noqa: E501
+    assert iam_error.message.endswith(
+        "perform: iam:ListUsers because no identity-based policy allows the iam:ListUsers action"
+    )
 
 
 async def test_ensure_admin(store: Store, authz: Authorizer) -> None:

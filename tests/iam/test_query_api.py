@@ -83,7 +83,11 @@ def test_user_lifecycle(srv: IamServer) -> None:
     assert first["IsTruncated"] and len(first["Users"]) == 1
     rest = iam.list_users(Marker=first["Marker"])
     assert first["Users"][0]["UserName"] not in [u["UserName"] for u in rest["Users"]]
-    paginated = [u for page in iam.get_paginator("list_users").paginate(PaginationConfig={"PageSize": 1}) for u in page["Users"]]  # noqa: E501
+    paginated = [
+        u
+        for page in iam.get_paginator("list_users").paginate(PaginationConfig={"PageSize": 1})
+        for u in page["Users"]
+    ]
     assert {u["UserName"] for u in paginated} >= {"admin", "u-life"}
 
     iam.tag_user(UserName="u-life", Tags=[{"Key": "SSMSessionRunAs", "Value": "ec2-user"}])
@@ -262,7 +266,8 @@ def test_access_keys(srv: IamServer) -> None:
         srv.iam(second_key).get_user()
     assert error(exc)[:2] == ("InvalidClientTokenId", 403)
     statuses = {
-        k["AccessKeyId"]: k["Status"] for k in iam.list_access_keys(UserName="u-keys")["AccessKeyMetadata"]
+        k["AccessKeyId"]: k["Status"]
+        for k in iam.list_access_keys(UserName="u-keys")["AccessKeyMetadata"]
     }
     assert statuses[second_key[0]] == "Inactive"
     iam.update_access_key(UserName="u-keys", AccessKeyId=second_key[0], Status="Active")
@@ -617,7 +622,10 @@ def test_aws_cli(srv: IamServer, tmp_path: Path) -> None:
     assert "u-cli" in [u["UserName"] for u in users]
     got = aws("get-user-policy", "--user-name", "u-cli", "--policy-name", "p")
     assert got["PolicyDocument"]["Statement"][0]["Action"] == "ssm:StartSession"
-    assert aws("tag-user", "--user-name", "u-cli", "--tags", "Key=SSMSessionRunAs,Value=ec2-user") is None
+    assert (
+        aws("tag-user", "--user-name", "u-cli", "--tags", "Key=SSMSessionRunAs,Value=ec2-user")
+        is None
+    )
     seed = tmp_path / "seed.txt"
     made = aws(
         "create-virtual-mfa-device",

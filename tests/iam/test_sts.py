@@ -161,7 +161,9 @@ def test_mfa_session_token_and_policy_conditions(srv: IamServer) -> None:
     # Someone else's device is no good either.
     other_key, *_ = mfa_user(srv, "s-mfa-other")
     with pytest.raises(ClientError) as exc:
-        srv.sts(other_key).get_session_token(SerialNumber=serial, TokenCode=totp.hotp(raw, step + 2))
+        srv.sts(other_key).get_session_token(
+            SerialNumber=serial, TokenCode=totp.hotp(raw, step + 2)
+        )
     assert code_of(exc)[0] == "AccessDenied"
     with pytest.raises(ClientError) as exc:
         srv.sts(key).get_session_token(SerialNumber=serial)

@@ -12,12 +12,13 @@ InvalidInput (400), MalformedPolicyDocument (400), InvalidAuthenticationCode (40
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from portless.aws.arn import iam_user_arn
-from portless.aws.errors import AwsError
+from portless.aws.errors import AwsError, validation_error
 from portless.iam import totp
 from portless.iam.managed import AWS_MANAGED_POLICY_ARN_PREFIX, get_managed_policy
 from portless.iam.policy import (
@@ -91,6 +92,32 @@ def invalid_authentication_code() -> AwsError:
     )
 
 
+_NAME = re.compile(r"[\w+=,.@-]+")
+_PATH = re.compile(r"(/)|(/[\u0021-\u007E]+/)")
+
+
+def check_name(value: str, member: str, max_length: int) -> None:
+    """IAM's name rules (``[\\w+=,.@-]+``, length) as a ValidationError, as the API has them."""
+    problem = None
+    if not value:
+        problem = "Member must have length greater than or equal to 1"
+    elif len(value) > max_length:
+        problem = f"Member must have length less than or equal to {max_length}"
+    elif not _NAME.fullmatch(value):
+        problem = "Member must satisfy regular expression pattern: [\\w+=,.@-]+"
+    if problem is not None:
+        message = validation_error([(value, member, problem)]).message
+        raise AwsError("ValidationError", message, 400)
+
+
+def check_path(value: str) -> None:
+    if not _PATH.fullmatch(value) or len(value) > 512:
+        message = validation_error(
+            [(value, "path", "Member must satisfy regular expression pattern: (/)|(/[!-~]+/)")]
+        ).message
+        raise AwsError("ValidationError", message, 400)
+
+
 @dataclass(frozen=True, slots=True)
 class PolicyInfo:
     """A managed policy as GetPolicy shows it (customer managed or AWS managed)."""
@@ -159,6 +186,8 @@ class IamService:
     async def create_user(
         self, name: str, *, path: str = "/", tags: Mapping[str, str] | None = None
     ) -> User:
+        check_name(name, "userName", 64)
+        check_path(path)
         if tags and len(tags) > MAX_TAGS:
             raise limit_exceeded(f"Cannot exceed quota for TagsPerUser: {MAX_TAGS}")
         try:
@@ -224,6 +253,8 @@ class IamService:
         return group
 
     async def create_group(self, name: str, *, path: str = "/") -> Group:
+        check_name(name, "groupName", 128)
+        check_path(path)
         try:
             return await self.store.create_group(name, arn=self.group_arn(name, path), path=path)
         except AlreadyExistsError:
@@ -301,6 +332,7 @@ class IamService:
     async def put_inline_policy(
         self, kind: PrincipalKind, principal: str, policy_name: str, document: str
     ) -> None:
+        check_name(policy_name, "policyName", 128)
         await self._principal(kind, principal)
         parse_policy(document, max_chars=None)
         limit = USER_INLINE_POLICY_MAX_CHARS if kind == "user" else GROUP_INLINE_POLICY_MAX_CHARS
@@ -346,6 +378,8 @@ class IamService:
         description: str = "",
         tags: Mapping[str, str] | None = None,
     ) -> PolicyInfo:
+        check_name(name, "policyName", 128)
+        check_path(path)
         parse_policy(document, max_chars=MANAGED_POLICY_MAX_CHARS)
         if tags and len(tags) > MAX_TAGS:
             raise limit_exceeded(f"Cannot exceed quota for TagsPerPolicy: {MAX_TAGS}")
@@ -480,6 +514,8 @@ class IamService:
         self, name: str, *, path: str = "/", tags: Mapping[str, str] | None = None
     ) -> tuple[MfaDevice, str]:
         """A new device and its base32 seed (shown once)."""
+        check_name(name, "virtualMFADeviceName", 226)
+        check_path(path)
         seed = totp.generate_secret()
         try:
             device = await self.store.create_mfa_device(

@@ -253,3 +253,6 @@ class Sshd:
 def ensure_user(name: str, shell: str = "/bin/sh") -> None:
     if subprocess.run(["id", name], capture_output=True).returncode != 0:
         subprocess.run(["useradd", "-m", "-s", shell, name], check=True)
+    # useradd leaves the password "!" (locked); sshd without PAM refuses locked
+    # accounts even for key logins, while "*" means "no password" but not locked.
+    subprocess.run(["usermod", "-p", "*", name], check=True)

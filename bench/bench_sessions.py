@@ -143,8 +143,9 @@ def main() -> None:
         ssh_l = subprocess.Popen(
             ["ssh", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
              "-o", "BatchMode=yes", "-i", str(sshd.client_key), "-p", str(sshd.port), "-N",
+             "-o", "ExitOnForwardFailure=yes",
              "-L", f"{ssh_port}:127.0.0.1:{src_port}", f"{SSHD_USER}@127.0.0.1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=open(tmp / "ssh-L.log", "wb"))  # noqa: SIM115
         procs.append(ssh_l)
         ssh_rate = best_rate(lambda: download(ssh_port, total), total, args.runs)
 

@@ -334,6 +334,12 @@ async def test_nodes_act_with_their_role(store: Store, authz: Authorizer) -> Non
     ).allowed
     assert [p.name for p in await authz.policies_for(power)] == ["AmazonSSMReadOnlyAccess"]
 
+    # A node deregistered since its credentials were issued can do nothing.
+    await store.delete_instance(NODE_A)
+    assert not (await authz.decide(node, "ssm:UpdateInstanceInformation", node_arn(NODE_A))).allowed
+    last = (await store.list_audit_events(newest_first=True, limit=1))[0]
+    assert last.details["note"] == "the node is no longer registered"
+
 
 async def test_anonymous(store: Store, authz: Authorizer) -> None:
     assert (await authz.decide(None, "ssm:RegisterManagedInstance")).allowed

@@ -133,7 +133,7 @@ class CredentialManager:
                 await self.refresh()
                 failures = 0
                 self.last_error = None
-            except (AwsError, NetworkError, ValueError) as exc:
+            except Exception as exc:          # AwsError, NetworkError, bad response, ...
                 self.last_error = exc
                 delay = backoff_delay(exc, failures)
                 failures += 1

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from portless.agent.aio import wait_event, with_timeout
 from portless.agent.api import AgentApi, MgsError, NetworkError
-from portless.agent.sessions.base import STOCK_CHUNK, SessionFailed, SessionPlugin
+from portless.agent.sessions.base import STOCK_CHUNK, SessionClosed, SessionFailed, SessionPlugin
 from portless.agent.sessions.commands import CommandsPlugin
 from portless.agent.sessions.document import SessionSpec
 from portless.agent.sessions.port import PortPlugin
@@ -90,10 +90,6 @@ class _SetupFailed(Exception):
     pass
 
 
-class _SessionOver(Exception):
-    """The channel ended the session (channel_closed, channel lost)."""
-
-
 class DataChannel:
     """Runs one session end to end; `cancel()` ends it early (FinalTaskStatus Success)."""
 
@@ -148,7 +144,7 @@ class DataChannel:
     async def send(self, payload_type: int, data: bytes) -> None:
         while True:
             if self._over.is_set():
-                raise _SessionOver()
+                raise SessionClosed("the session is over")
             if self.stream.writable:
                 try:
                     self.stream.send(payload_type, data, self._loop.time())
@@ -221,7 +217,7 @@ class DataChannel:
             return TaskResult(FAILED, str(exc))
         except HandshakeFailed as exc:
             return TaskResult(FAILED, exc.reason)
-        except _SessionOver:
+        except SessionClosed:
             return self._over_reason or TaskResult(SUCCESS)
         except Exception as exc:
             log.exception("session %s: plugin crashed", self.spec.session_id)
@@ -329,6 +325,13 @@ class DataChannel:
         raise _SetupFailed(last)
 
     async def _reader(self) -> None:
+        try:
+            await self._read_loop()
+        except Exception as exc:
+            log.exception("session %s: reader failed", self.spec.session_id)
+            self._end(TaskResult(FAILED, f"internal error: {exc}"), "reader failed")
+
+    async def _read_loop(self) -> None:
         while True:
             sock = self._sock
             if sock is None:
@@ -410,6 +413,13 @@ class DataChannel:
             self._end(TaskResult(FAILED, "internal error while handling input"), "plugin error")
 
     async def _writer(self) -> None:
+        try:
+            await self._write_loop()
+        except Exception as exc:
+            log.exception("session %s: writer failed", self.spec.session_id)
+            self._end(TaskResult(FAILED, f"internal error: {exc}"), "writer failed")
+
+    async def _write_loop(self) -> None:
         while True:
             await self._wake_writer.wait()
             self._wake_writer.clear()
@@ -423,6 +433,13 @@ class DataChannel:
                 log.debug("session %s: send failed: %s", self.spec.session_id, exc)
 
     async def _timer(self) -> None:
+        try:
+            await self._timer_loop()
+        except Exception as exc:
+            log.exception("session %s: timer failed", self.spec.session_id)
+            self._end(TaskResult(FAILED, f"internal error: {exc}"), "timer failed")
+
+    async def _timer_loop(self) -> None:
         loop = self._loop
         while True:
             deadline = self.stream.next_deadline()

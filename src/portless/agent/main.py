@@ -131,5 +131,9 @@ def _run(args: argparse.Namespace, state: StateDir) -> int:
 
     # The standard event loop, not uvloop: sessions start processes as another user
     # (subprocess user/group/extra_groups), which uvloop's subprocess support lacks.
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    except Exception as exc:
+        log.exception("agent failed")
+        return _error(f"the agent stopped: {type(exc).__name__}: {exc}")
     return 0

@@ -112,7 +112,7 @@ class Agent:
             try:
                 report = await asyncio.to_thread(full_report, self.instance_id, channel)
                 await api.update_instance_information(report)
-            except (AwsError, NetworkError) as exc:
+            except Exception as exc:
                 log.warning("UpdateInstanceInformation failed: %s", exc)
             await asyncio.sleep(self.timing.health_interval)
 
@@ -126,7 +126,7 @@ class Agent:
                 if not found and not retried_empty:
                     retried_empty = True
                     delay = self.timing.associations_empty_retry
-            except (AwsError, NetworkError) as exc:
+            except Exception as exc:
                 log.info("ListInstanceAssociations failed: %s", exc)
             await asyncio.sleep(delay)
 

@@ -254,7 +254,9 @@ class Authorizer:
 
     async def _node_policies(self, caller: Principal) -> _Resolved:
         instance = await self.store.get_instance(caller.name)
-        role = instance.iam_role if instance is not None else ""
+        if instance is None:
+            return _Resolved([], {}, {}, None, None, "the node is no longer registered")
+        role = instance.iam_role
         sources: list[PolicySource] = []
         if role:
             sources = (await self.store.load_role_authorization(role)).sources

@@ -20,6 +20,10 @@ class SessionFailed(Exception):
     """The session cannot go on; the text becomes agent_task_complete's Output."""
 
 
+class SessionClosed(Exception):
+    """Raised by `SessionIO.send` once the session is over (cancelled or channel lost)."""
+
+
 class SessionIO(Protocol):
     @property
     def max_payload(self) -> int:
@@ -34,7 +38,10 @@ class SessionIO(Protocol):
         """The client's version from the handshake ("" if unknown)."""
 
     async def send(self, payload_type: int, data: bytes) -> None:
-        """Queue one output message; waits while the stream has no room."""
+        """Queue one output message; waits while the stream has no room.
+
+        Raises SessionClosed once the session is over.
+        """
 
     def set_ready(self, ready: bool) -> None:
         """Whether in-order input may be delivered (and acked) now."""

@@ -23,7 +23,7 @@ import time
 from collections import deque
 
 from portless.agent.aio import with_timeout
-from portless.agent.sessions.base import SessionFailed, SessionIO, SessionPlugin
+from portless.agent.sessions.base import SessionClosed, SessionFailed, SessionIO, SessionPlugin
 from portless.agent.sessions.document import SessionSpec
 from portless.protocol.handshake import PortMode
 from portless.protocol.message import PayloadType
@@ -217,6 +217,8 @@ class _Connection:
         try:
             while data := await reader.read(size):
                 await self.io.send(PayloadType.OUTPUT, data)
+        except SessionClosed:
+            return
         except (ConnectionError, OSError) as exc:
             log.info("session %s: connection error: %s", self.owner.spec.session_id, exc)
         if generation != self.generation:
@@ -360,6 +362,15 @@ class _Mux:
                 await self.io.send(PayloadType.OUTPUT, data[off:off + chunk])
 
     async def _flusher(self) -> None:
+        try:
+            await self._flush_loop()
+        except SessionClosed:
+            pass
+        except Exception as exc:
+            log.exception("session %s: mux output failed", self.owner.spec.session_id)
+            self.owner.fail(f"internal error: {exc}")
+
+    async def _flush_loop(self) -> None:
         while True:
             await self.flush_needed.wait()
             self.flush_needed.clear()

@@ -118,7 +118,7 @@ class ShellPlugin(SessionPlugin):
                 code = await self._pump_output(pty, io)
             finally:
                 writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(asyncio.CancelledError, OSError):
                     await writer
             if io.fast_path:
                 await io.send(PayloadType.EXIT_CODE, encode_exit_code(code))

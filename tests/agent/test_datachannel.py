@@ -63,6 +63,9 @@ async def test_pause_and_start_publication(server: LoopbackServer, agent: Agent)
     client = await server.start_session(documents.shell(), fast_path=FAST_PATH_OFFER)
     await client.type("sleep 0.3; echo later-$((1+1))\r")
     await client.wait_for(lambda: b"echo later" in client.output, what="echo of the command")
+    # Any ack or input cancels a pause (agent spec §11.3): pause only once all is acked.
+    channel = agent.sessions[client.side.session_id]
+    await client.wait_for(lambda: channel.stream.unacked == 0, what="output acked")
     await client.side.send(Message(MessageType.PAUSE_PUBLICATION, payload=b"{}").encode())
     await asyncio.sleep(1.0)
     assert b"later-2" not in client.output

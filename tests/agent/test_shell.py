@@ -132,16 +132,14 @@ async def test_run_as_user_and_missing_user(server: LoopbackServer, agent: Agent
 
 async def test_channel_closed_cancels_the_shell(server: LoopbackServer, agent: Agent) -> None:
     client = await server.start_session(documents.shell())
-    await client.type("echo $$ > /tmp/portless-cancel-pid; sleep 300\r")
-    await client.wait_for(lambda: b"sleep 300" in client.output)
+    await client.type("sleep 301\r")
+    pid = await client.wait_for(lambda: foreground_process(["sleep", "301"]), what="sleep")
     sid = client.side.session_id
     await server.close_session(sid)
     done = await server.completion(sid)
     assert done.final_status == "Success"
     await client.wait_closed()
-    pid = int(Path("/tmp/portless-cancel-pid").read_text())
-    assert not Path(f"/proc/{pid}").exists() or \
-        Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    await client.wait_for(lambda: not Path(f"/proc/{pid}").exists(), what="sleep killed")
     await client.stop()
 
 

@@ -8,6 +8,7 @@ tests use in-process.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from dataclasses import dataclass
 
@@ -96,7 +97,10 @@ class RunningServer:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        host = self.host
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.gethostname()     # a wildcard address is no endpoint to give out
+        host = f"[{host}]" if ":" in host else host
         return f"{self.ctx.config.scheme}://{host}:{self.port}"
 
     async def stop(self) -> None:

@@ -56,6 +56,13 @@ async def test_agent_process_serves_a_shell_and_never_listens(server: LoopbackSe
         await client.type("echo from-the-process-$((20+22))\r")
         await client.expect(r"from-the-process-42")
 
+        second = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "portless", "agent", "run", "--state-dir", str(state),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(second.communicate(), 20)
+        assert second.returncode == 1
+        assert b"another portless agent is running" in err
+
         mine = socket_inodes(proc.pid)
         assert mine, "the agent holds its outbound connections"
         assert not mine & listening_inodes()

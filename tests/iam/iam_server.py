@@ -41,7 +41,6 @@ class IamServer:
     runner: web.AppRunner | None = None
     port: int = 0
     admin_key: tuple[str, str] = ("", "")
-    forgotten: list[str] = field(default_factory=list)
     _clients: dict[tuple[str, ...], Any] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- lifecycle
@@ -77,7 +76,6 @@ class IamServer:
                 authenticate=auth,
                 request_id=str(uuid.uuid4()),
                 account_id=ACCOUNT,
-                on_key_change=self.forgotten.append,
             )
 
         app = web.Application()

@@ -60,6 +60,14 @@ class Env:
         out, _ = await self.start(**kwargs)
         sid = out["SessionId"]
         agent = await self.node.open_data(sid)
+        # The agent's socket is attached once the server reports the session Connected.
+        for _ in range(200):
+            found = await self.session(sid)
+            if found is not None and found["Status"] == "Connected":
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError(f"{sid} never became Connected")
         client = await client_connect(self.http, out["StreamUrl"], out["TokenValue"])
         return sid, agent, client, out["StreamUrl"]
 

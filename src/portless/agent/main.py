@@ -119,6 +119,7 @@ def _run(args: argparse.Namespace, state: StateDir) -> int:
         return _error(f"not registered (state directory {state.path}); "
                       "run `portless agent register` first")
     ca_file = os.path.abspath(args.ca_file) if args.ca_file else None
+    lock_fd = state.lock()
     agent = Agent(state, reg, ca_file=ca_file)
 
     async def serve() -> None:
@@ -136,4 +137,6 @@ def _run(args: argparse.Namespace, state: StateDir) -> int:
     except Exception as exc:
         log.exception("agent failed")
         return _error(f"the agent stopped: {type(exc).__name__}: {exc}")
+    finally:
+        os.close(lock_fd)
     return 0

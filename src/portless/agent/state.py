@@ -7,6 +7,7 @@ every file mode 0600 and written atomically, like the stock agent's vault (agent
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import uuid
@@ -84,6 +85,22 @@ class StateDir:
     def save_registration(self, reg: Registration) -> None:
         self.ensure()
         self._write_json(self.registration_path, asdict(reg))
+
+    def lock(self) -> int:
+        """Take the directory's run lock (one agent per state directory); returns the fd.
+
+        Raises StateError when another agent holds it. The lock goes with the process.
+        """
+        self.ensure()
+        fd = os.open(self.path / "agent.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StateError(f"another portless agent is running with {self.path}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return fd
 
     def clear_registration(self) -> None:
         with contextlib.suppress(FileNotFoundError):

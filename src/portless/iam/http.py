@@ -18,7 +18,7 @@ from portless.aws.sigv4 import SignedRequest, parse_authorization
 from portless.iam.authorizer import Authorizer
 from portless.iam.principal import Principal
 from portless.iam.query import IAM_NAMESPACE, STS_NAMESPACE, is_query_request, parse_form
-from portless.iam.query_api import KeyChangeHook, handle_iam
+from portless.iam.query_api import handle_iam
 from portless.iam.sts_api import handle_sts
 from portless.store import Store
 
@@ -73,7 +73,6 @@ async def handle_query_request(
     authenticate: Authenticate,
     request_id: str,
     account_id: str | None = None,
-    on_key_change: KeyChangeHook | None = None,
     body: bytes | None = None,
 ) -> web.Response:
     """Serve an IAM or STS call that arrived on ``POST /`` (see :func:`is_query_request`).
@@ -115,6 +114,5 @@ async def handle_query_request(
             request_id,
             authorize=bound,
             account_id=account_id,
-            on_key_change=on_key_change,
         )
     return _xml(status, payload, request_id)

@@ -32,12 +32,9 @@ from portless.iam.service import IamService, PolicyInfo, path_of
 from portless.store import AccessKey, Store, User
 from portless.store.iam import Group
 
-__all__ = ["IAM_OPERATIONS", "KeyChangeHook", "handle_iam"]
+__all__ = ["IAM_OPERATIONS", "handle_iam"]
 
 log = logging.getLogger(__name__)
-
-KeyChangeHook = Callable[[str], object]
-"""Called with an access key id after it was deactivated or deleted (drop caches)."""
 
 DEFAULT_MAX_ITEMS = 100
 
@@ -48,7 +45,6 @@ class _Call:
     caller: Principal
     args: dict[str, Any]
     authorize: AuthorizeFn
-    on_key_change: KeyChangeHook | None
 
     async def check(
         self, action: str, resource: str, keys: Mapping[str, ContextValue] | None = None
@@ -81,13 +77,6 @@ class _Call:
     async def group_arn(self, name: str) -> str:
         group = await self.service.store.get_group(name)
         return group.arn if group is not None else self.service.group_arn(name)
-
-    def key_changed(self, access_key_id: str) -> None:
-        if self.on_key_change is not None:
-            try:
-                self.on_key_change(access_key_id)
-            except Exception:  # pragma: no cover - a cache hook must not fail the call
-                log.exception("on_key_change hook failed")
 
 
 Handler = Callable[[_Call], Awaitable[dict[str, Any] | None]]
@@ -318,7 +307,6 @@ async def _update_access_key(call: _Call) -> None:
         )
     await call.check("iam:UpdateAccessKey", await call.user_arn(name))
     await call.service.update_access_key(name, akid, "Active" if status == "Active" else "Inactive")
-    call.key_changed(akid)
 
 
 @_op("DeleteAccessKey")
@@ -327,7 +315,6 @@ async def _delete_access_key(call: _Call) -> None:
     akid = call.text("AccessKeyId")
     await call.check("iam:DeleteAccessKey", await call.user_arn(name))
     await call.service.delete_access_key(name, akid)
-    call.key_changed(akid)
 
 
 # --------------------------------------------------------------------------- inline policies
@@ -523,16 +510,13 @@ async def handle_iam(
     *,
     authorize: AuthorizeFn,
     account_id: str | None = None,
-    on_key_change: KeyChangeHook | None = None,
 ) -> tuple[int, bytes]:
     """Serve one IAM query-protocol request: ``(HTTP status, XML body)``.
 
     *params* is the decoded form body (``Action``, ``Version`` and the operation's
     parameters). *authorize* is the caller's bound authorizer
     (:meth:`portless.iam.authorizer.Authorizer.bind`). *account_id* defaults to the
-    caller's ARN's account. *on_key_change* is called with an access key id after
-    UpdateAccessKey/DeleteAccessKey, for servers that cache keys. The response content type
-    is ``text/xml``.
+    caller's ARN's account. The response content type is ``text/xml``.
     """
     try:
         action = params.get("Action", "")
@@ -543,7 +527,7 @@ async def handle_iam(
             raise invalid_action(action, version)
         args = parse_input(op, params)
         service = IamService(store, account_id or account_of(caller.arn))
-        call = _Call(service, caller, args, authorize, on_key_change)
+        call = _Call(service, caller, args, authorize)
         result = await handler(call)
         return 200, render_response(op, result, request_id, IAM_NAMESPACE)
     except AwsError as exc:

@@ -1,4 +1,4 @@
-"""`POST /`: the awsJson1.1 dispatcher (AmazonSSM, ec2messages, kms targets).
+"""`POST /`: the awsJson1.1 dispatcher (AmazonSSM, ec2messages, kms) and the IAM/STS door.
 
 Operations register themselves with :func:`operation`; each says how its
 caller authenticates: SigV4 (the default), anonymously (RegisterManagedInstance)
@@ -21,6 +21,7 @@ from portless.aws.awsjson import CONTENT_TYPE, json_dumps, parse_body
 from portless.aws.errors import AwsError, unknown_operation, unrecognized_client
 from portless.aws.rsa_signature import verify_rsa
 from portless.aws.sigv4 import parse_authorization
+from portless.iam.http import handle_query_request, is_query_request
 from portless.server.auth import ANONYMOUS, Caller, signed_request
 from portless.server.context import CONTEXT, Call, ServerContext
 from portless.server.middleware import REQUEST_ID
@@ -92,8 +93,14 @@ async def handle(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     request_id: str = request[REQUEST_ID]
     target = request.headers.get("X-Amz-Target")
-    _prefix, service, op = _resolve(target)
     raw = await request.read()
+    if target is None and is_query_request(request.headers.get("Content-Type", ""), raw):
+        # IAM and STS speak the query protocol (form body, XML answers) on the same path.
+        return await handle_query_request(
+            request, store=ctx.store, authorizer=ctx.authorizer,
+            authenticate=ctx.authenticator.authenticate, request_id=request_id,
+            account_id=ctx.account_id, body=raw)
+    _prefix, service, op = _resolve(target)
     action = f"{service}:{op.name}"
     audit = {"request_id": request_id, "source_ip": request.remote}
     try:

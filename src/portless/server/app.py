@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from portless.iam.authorizer import Authorizer, ensure_admin
 from portless.server import api, mgs
 from portless.server import ops_documents as _ops_documents  # noqa: F401  (registers ops)
 from portless.server import ops_nodes as _ops_nodes  # noqa: F401
 from portless.server import ops_sessions as _ops_sessions  # noqa: F401
 from portless.server.auth import Authenticator
-from portless.server.authz import Authorizer
-from portless.server.bootstrap import Bootstrap, bootstrap
+from portless.server.bootstrap import ADMIN_USER, Bootstrap, bootstrap
 from portless.server.broker import Broker
 from portless.server.config import MiB, ServerConfig
 from portless.server.context import CONTEXT, ServerContext
@@ -53,6 +53,7 @@ async def open_context(config: ServerConfig) -> tuple[ServerContext, Bootstrap]:
     store = await Store.open(config.resolved_db_url(), secret_box=box)
     try:
         boot = await bootstrap(store, config.credentials_path)
+        await ensure_admin(store, ADMIN_USER)
         await _close_interrupted_sessions(store)
     except BaseException:
         await store.close()
@@ -70,7 +71,9 @@ async def open_context(config: ServerConfig) -> tuple[ServerContext, Bootstrap]:
     ctx = ServerContext(
         config=config, store=store, account_id=boot.account_id,
         authenticator=Authenticator(store, config.region, boot.account_id),
-        authorizer=Authorizer(store), control=control, broker=broker, recordings=recordings)
+        authorizer=Authorizer(store, region=config.region, account_id=boot.account_id,
+                              background_audit=True),
+        control=control, broker=broker, recordings=recordings)
     return ctx, boot
 
 

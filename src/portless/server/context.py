@@ -7,8 +7,8 @@ from typing import Any
 
 from aiohttp import web
 
+from portless.iam.authorizer import Authorizer
 from portless.server.auth import Authenticator, Caller
-from portless.server.authz import Authorizer
 from portless.server.broker import Broker
 from portless.server.config import ServerConfig
 from portless.server.control import ControlChannels
@@ -56,6 +56,13 @@ class Call:
         ctx.update(extra)
         return ctx
 
-    async def authorize(self, action: str, resource_arn: str | None, **extra: Any) -> None:
+    async def authorize(self, action: str, resource_arn: str | None, *,
+                        no_permission_required: bool = False, **extra: Any) -> None:
+        """Allow or raise AccessDeniedException; every decision is audited.
+
+        `no_permission_required` is for calls whose signature is the authority (the
+        node's RSA-signed calls): evaluated and audited, but never refused.
+        """
         await self.ctx.authorizer.authorize(self.caller, action, resource_arn,
-                                            self.audit_context(**extra))
+                                            self.audit_context(**extra),
+                                            no_permission_required=no_permission_required)

@@ -165,7 +165,8 @@ def _version_selector(version: str | None) -> str | None:
     return version
 
 
-def _arn(ctx: ServerContext, name: str) -> str:
+def document_arn_for(ctx: ServerContext, name: str) -> str:
+    """The ARN of a session document: AWS-owned ones carry no account, as at AWS."""
     if is_builtin(name) and name != PREFERENCES_DOCUMENT:
         return str(document_arn(ctx.region, None, name))
     return str(document_arn(ctx.region, ctx.account_id, name))
@@ -192,7 +193,7 @@ async def create_document(call: Call) -> dict[str, Any]:
     if is_reserved_name(name):
         raise validation_error([(name, "name", "Member must not start with aws, amazon or "
                                  "amzn (reserved names)")])
-    await call.authorize("ssm:CreateDocument", _arn(ctx, name), document_name=name)
+    await call.authorize("ssm:CreateDocument", document_arn_for(ctx, name), document_name=name)
     _validate_content(content, fmt, doc_type)
     try:
         doc, ver = await ctx.store.create_document(
@@ -215,7 +216,7 @@ async def update_document(call: Call) -> dict[str, Any]:
     fmt = optional_enum(body, "DocumentFormat", FORMATS)
     version_name = optional_str(body, "VersionName", pattern=r"^[a-zA-Z0-9_\-.]{1,128}$")
     display_name = optional_str(body, "DisplayName", 0, 1024)
-    await call.authorize("ssm:UpdateDocument", _arn(ctx, name), document_name=name)
+    await call.authorize("ssm:UpdateDocument", document_arn_for(ctx, name), document_name=name)
     store = ctx.store
     found = await store.get_document(name, "$LATEST")
     if found is None:
@@ -260,7 +261,7 @@ async def describe_document(call: Call) -> dict[str, Any]:
     ctx = call.ctx
     name = document_name_from(require_str(call.body, "Name", pattern=NAME_OR_ARN_PATTERN))
     version = _version_arg(call)
-    await call.authorize("ssm:DescribeDocument", _arn(ctx, name), document_name=name)
+    await call.authorize("ssm:DescribeDocument", document_arn_for(ctx, name), document_name=name)
     found = await ctx.store.get_document(name, version)
     if found is not None:
         return {"Document": _stored_description(ctx, *found)}
@@ -279,7 +280,7 @@ async def get_document(call: Call) -> dict[str, Any]:
     name = document_name_from(require_str(call.body, "Name", pattern=NAME_OR_ARN_PATTERN))
     version = _version_arg(call)
     want_fmt = optional_enum(call.body, "DocumentFormat", FORMATS)
-    await call.authorize("ssm:GetDocument", _arn(ctx, name), document_name=name)
+    await call.authorize("ssm:GetDocument", document_arn_for(ctx, name), document_name=name)
     found = await ctx.store.get_document(name, version)
     if found is not None:
         doc, ver = found
@@ -435,7 +436,7 @@ async def delete_document(call: Call) -> dict[str, Any]:
     ctx = call.ctx
     name = document_name_from(require_str(call.body, "Name", pattern=NAME_OR_ARN_PATTERN))
     version = optional_str(call.body, "DocumentVersion", pattern=VERSION_PATTERN)
-    await call.authorize("ssm:DeleteDocument", _arn(ctx, name), document_name=name)
+    await call.authorize("ssm:DeleteDocument", document_arn_for(ctx, name), document_name=name)
     if is_builtin(name) and await ctx.store.get_document(name) is None:
         if name == PREFERENCES_DOCUMENT:
             raise _invalid_document(name)

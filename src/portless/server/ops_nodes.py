@@ -227,7 +227,8 @@ async def request_role_token(call: Call) -> dict[str, Any]:
         raise AwsError("UnrecognizedClientException",
                        "The security token included in the request is invalid.")
     await call.authorize("ssm:RequestManagedInstanceRoleToken",
-                         instance_arn(call.ctx, instance_id), instance_id=instance_id)
+                         instance_arn(call.ctx, instance_id), instance_id=instance_id,
+                         no_permission_required=True)
     if instance.fingerprint and fingerprint is not None and fingerprint != instance.fingerprint:
         raise AwsError("MachineFingerprintDoesNotMatch",
                        "The machine fingerprint does not match the registered one.")
@@ -252,7 +253,8 @@ async def update_public_key(call: Call) -> dict[str, Any]:
         raise AwsError("InvalidParameters", "NewPublicKey is not a base64 RSA public key.") \
             from None
     await call.authorize("ssm:UpdateManagedInstancePublicKey",
-                         instance_arn(call.ctx, instance_id), instance_id=instance_id)
+                         instance_arn(call.ctx, instance_id), instance_id=instance_id,
+                         no_permission_required=True)
     await call.ctx.store.set_instance_public_key(instance_id, new_key, key_type)
     return {}
 

@@ -15,8 +15,13 @@ from portless.protocol.payloads import AgentTaskPayload, ChannelClosed, Interact
 from portless.server.api import operation
 from portless.server.broker import SessionInfo
 from portless.server.context import Call, ServerContext
-from portless.server.documents import PreparedSession, prepare_session
-from portless.server.ops_documents import document_name_from, load_preferences, load_session_doc
+from portless.server.documents import PREFERENCES_DOCUMENT, PreparedSession, prepare_session
+from portless.server.ops_documents import (
+    document_arn_for,
+    document_name_from,
+    load_preferences,
+    load_session_doc,
+)
 from portless.server.ops_nodes import instance_arn
 from portless.store import InvalidNextTokenError, Session, SessionStatus
 
@@ -72,6 +77,16 @@ def _parameters(call: Call) -> dict[str, list[str]]:
     return out
 
 
+async def _document_check_requested(call: Call) -> bool:
+    """Whether any of the caller's policies uses ssm:SessionDocumentAccessCheck."""
+    for policy in await call.ctx.authorizer.policies_for(call.caller):
+        for statement in policy.statements:
+            if any(c.key.lower() == "ssm:sessiondocumentaccesscheck"
+                   for c in statement.conditions):
+                return True
+    return False
+
+
 def not_connected(target: str) -> AwsError:
     return AwsError("TargetNotConnected", f"{target} is not connected.")
 
@@ -84,9 +99,16 @@ async def start_session(call: Call) -> dict[str, Any]:
     document_name = optional_str(body, "DocumentName", pattern=DOCUMENT_NAME_PATTERN)
     reason = optional_str(body, "Reason", 1, 256, pattern=r"^.{1,256}$")
     params = _parameters(call)
-    name = document_name_from(document_name) if document_name else "SSM-SessionManagerRunShell"
+    name = document_name_from(document_name) if document_name else PREFERENCES_DOCUMENT
+    # As at AWS, StartSession needs permission on the target and on the document;
+    # the default shell document is checked only when a policy asks for it with
+    # ssm:SessionDocumentAccessCheck (so instance-only policies like seed 004's work).
     await call.authorize("ssm:StartSession", instance_arn(ctx, target), target=target,
                          document_name=name)
+    if name != PREFERENCES_DOCUMENT or await _document_check_requested(call):
+        await call.authorize("ssm:StartSession", document_arn_for(ctx, name), target=target,
+                             document_name=name,
+                             condition_keys={"ssm:SessionDocumentAccessCheck": "true"})
     doc = await load_session_doc(ctx, name)
     if doc is None:
         raise AwsError("InvalidDocument", f"Document with name {name} does not exist.")

@@ -19,7 +19,6 @@ import contextlib
 import ipaddress
 import logging
 import socket
-import time
 from collections import deque
 
 from portless.agent.aio import with_timeout
@@ -53,7 +52,6 @@ SMUX_FRAME = 32768
 SMUX_RECEIVE_BUFFER = 4 * 2**20
 SMUX_STREAM_WINDOW = 2**20
 KEEPALIVE_INTERVAL = 10.0
-KEEPALIVE_TIMEOUT = 30.0
 DIAL_TIMEOUT = 30.0
 
 
@@ -341,7 +339,6 @@ class _Mux:
         self.backlog_clear = asyncio.Event()
         self.backlog_clear.set()
         self.tasks: list[asyncio.Task[None]] = []
-        self.last_received = time.monotonic()
         self.held = False
 
     async def start(self) -> None:
@@ -384,18 +381,20 @@ class _Mux:
                 self.backlog_clear.set()
 
     async def _keepalive(self) -> None:
+        """NOP every 10 s for old clients whose smux closes a silent session after 30 s.
+
+        Unlike xtaci/smux, the agent does not itself end a session that received nothing
+        for 30 s: a plugin that turned its own keepalive off would never send a NOP, and
+        idle sessions are the server's to end (idleSessionTimeout).
+        """
         while True:
             await asyncio.sleep(KEEPALIVE_INTERVAL)
-            if time.monotonic() - self.last_received > KEEPALIVE_TIMEOUT:
-                self.owner.fail("smux keepalive timed out")
-                return
             self.smux.send_nop()
             self._wake()
 
     # --------------------------------------------------------------- input
 
     def feed(self, data: bytes) -> None:
-        self.last_received = time.monotonic()
         try:
             events = self.smux.receive_data(data)
         except SmuxError as exc:

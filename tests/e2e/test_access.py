@@ -286,7 +286,7 @@ def test_mfa_required_policy(server: Server, node: Agent, tmp_path: Path) -> Non
     device = ok(aws(server, None, "iam", "create-virtual-mfa-device",
                     "--virtual-mfa-device-name", "mfa-carol", "--outfile", str(seed_file),
                     "--bootstrap-method", "Base32StringSeed"))
-    serial = str(device["SerialNumber"])
+    serial = str(device["VirtualMFADevice"]["SerialNumber"])  # type: ignore[index]
     key = decode_secret(seed_file.read_text().strip())
     now = time.time()
     ok(aws(server, None, "iam", "enable-mfa-device", "--user-name", "mfa-carol",

@@ -48,10 +48,9 @@ async def test_newer_schema_is_refused(backend: Backend) -> None:
         await backend.open()
 
 
-async def test_sqlite_pragmas(backend: Backend) -> None:
-    if backend.name != "sqlite":
-        pytest.skip("SQLite only")
-    st = await backend.open()
+async def test_sqlite_pragmas(tmp_path: Path) -> None:
+    st = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'pragmas.db'}",
+                          secret_box=SecretBox.generate())
     async with st.engine.connect() as conn:
         assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "wal"
         assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar() == 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from pathlib import Path
@@ -12,32 +11,7 @@ from portless.agent.registration import register
 from portless.agent.state import StateDir
 from tests.agent import documents
 from tests.agent.relay import ACTIVATION_CODE, ACTIVATION_ID, REGION, LoopbackServer
-
-
-def socket_inodes(pid: int) -> set[str]:
-    found = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            found.add(target[len("socket:["):-1])
-    return found
-
-
-def listening_inodes() -> set[str]:
-    found = set()
-    for table in ("tcp", "tcp6"):
-        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A":                       # TCP_LISTEN
-                found.add(fields[9])
-    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
-        fields = line.split()
-        if int(fields[3], 16) & 0x10000:                # __SO_ACCEPTCON: a listener
-            found.add(fields[6])
-    return found
+from tests.procnet import listening_inodes, socket_inodes
 
 
 async def test_agent_process_serves_a_shell_and_never_listens(server: LoopbackServer,

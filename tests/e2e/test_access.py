@@ -19,6 +19,12 @@ import pytest
 
 from portless.iam.totp import decode_secret, totp
 from tests.e2e.harness import Agent, Server, start_node
+from tests.seed_policies import (
+    SEED_001_BROWSE,
+    SEED_001_CONFIGURE,
+    SEED_001_CONNECT,
+    SEED_004_PER_INSTANCE,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -85,66 +91,6 @@ def shell_session(server: Server, creds: Creds, target: str) -> str:
 
 # ---------------------------------------------------------------- seed 001, verbatim
 
-SEED_001_CONNECT_ONLY = """{
-   "Version": "2012-10-17",
-   "Statement": [
-       {
-           "Sid": "1",
-           "Effect": "Allow",
-           "Action": [
-               "ec2:DescribeInstances",
-               "ssm:DescribeInstanceInformation",
-               "ssm:GetConnectionStatus",
-               "ssm:StartSession"
-           ],
-           "Resource": "*"
-       }
-   ]
-}"""
-
-SEED_001_SESSION_VIEWER = """{
-   "Version": "2012-10-17",
-   "Statement": [
-       {
-           "Sid": "2",
-           "Effect": "Allow",
-           "Action": [
-               "ec2:describeInstances",
-               "ssm:DescribeInstanceInformation",
-               "ssm:GetConnectionStatus",
-               "ssm:StartSession",
-               "ssm:ListAssociations",
-               "ssm:DescribeSessions",
-               "ssm:DescribeInstanceProperties"
-           ],
-           "Resource": "*"
-       }
-   ]
-}"""
-
-SEED_001_CONFIGURER = """{
-    "Version": "2012-10-17",
-    "Statement": [
-        {
-            "Sid": "1",
-            "Effect": "Allow",
-            "Action": [
-                "ec2:describeInstances",
-                "ssm:DescribeInstanceInformation",
-                "ssm:GetConnectionStatus",
-                "ssm:StartSession",
-                "ssm:ListAssociations",
-                "ssm:DescribeSessions",
-                "ssm:DescribeInstanceProperties",
-                "ssm:CreateDocument",
-                "ssm:GetDocument",
-                "ssm:UpdateDocument",
-                "ssm:DeleteDocument"
-            ],
-            "Resource": "*"
-        }
-    ]
-}"""
 
 PREFERENCES = json.dumps({
     "schemaVersion": "1.0", "description": "team preferences",
@@ -154,7 +100,7 @@ PREFERENCES = json.dumps({
 
 
 def test_seed_001_connect_only_policy(server: Server, node: Agent) -> None:
-    user = make_user(server, "seed1-connect", SEED_001_CONNECT_ONLY)
+    user = make_user(server, "seed1-connect", SEED_001_CONNECT)
     info = ok(aws(server, user, "ssm", "describe-instance-information"))
     assert node.instance_id in json.dumps(info)
     status = ok(aws(server, user, "ssm", "get-connection-status", "--target", node.instance_id))
@@ -169,7 +115,7 @@ def test_seed_001_connect_only_policy(server: Server, node: Agent) -> None:
 
 
 def test_seed_001_session_viewer_policy(server: Server, node: Agent) -> None:
-    user = make_user(server, "seed1-viewer", SEED_001_SESSION_VIEWER)
+    user = make_user(server, "seed1-viewer", SEED_001_BROWSE)
     session_id = shell_session(server, user, node.instance_id)
     history = ok(aws(server, user, "ssm", "describe-sessions", "--state", "History",
                      "--filters", f"key=SessionId,value={session_id}"))
@@ -181,7 +127,7 @@ def test_seed_001_session_viewer_policy(server: Server, node: Agent) -> None:
 
 
 def test_seed_001_configurer_policy(server: Server, node: Agent) -> None:
-    user = make_user(server, "seed1-config", SEED_001_CONFIGURER)
+    user = make_user(server, "seed1-config", SEED_001_CONFIGURE)
     ok(aws(server, user, "ssm", "create-document", "--name", "seed1-config-prefs",
            "--document-type", "Session", "--content", PREFERENCES))
     got = ok(aws(server, user, "ssm", "get-document", "--name", "seed1-config-prefs"))
@@ -196,32 +142,6 @@ def test_seed_001_configurer_policy(server: Server, node: Agent) -> None:
 
 # ---------------------------------------------------------------- seed 004
 
-SEED_004 = """{
-    "Version": "2012-10-17",
-    "Statement": [
-        {
-            "Effect": "Allow",
-            "Action": [
-                "ssm:StartSession"
-            ],
-            "Resource": [
-                "arn:aws:ec2:us-east-2:123456789012:instance/i-1234567890EXAMPLE",
-                "arn:aws:ec2:us-east-2:123456789012:instance/i-abcdefghijEXAMPLE",
-                "arn:aws:ec2:us-east-2:123456789012:instance/i-0e9d8c7b6aEXAMPLE"
-            ]
-        },
-        {
-            "Effect": "Allow",
-            "Action": [
-                "ssm:TerminateSession"
-            ],
-            "Resource": [
-                "arn:aws:ssm:*:*:session/${aws:username}-*"
-            ]
-        }
-    ]
-}"""
-
 
 def node_arn(server: Server, instance_id: str) -> str:
     account = ok(aws(server, None, "sts", "get-caller-identity"))["Account"]
@@ -231,7 +151,7 @@ def node_arn(server: Server, instance_id: str) -> str:
 def test_seed_004_per_instance_policy(server: Server, node: Agent, second_node: Agent) -> None:
     # Seed 004 word for word, except that its first listed instance ARN names our
     # node (its EC2 ARNs name machines that do not exist here).
-    policy = SEED_004.replace(
+    policy = SEED_004_PER_INSTANCE.replace(
         "arn:aws:ec2:us-east-2:123456789012:instance/i-1234567890EXAMPLE",
         node_arn(server, node.instance_id))
     user = make_user(server, "seed4", policy)

@@ -16,144 +16,16 @@ from portless.iam.context import RequestContext
 from portless.iam.evaluation import evaluate
 from portless.iam.managed import AMAZON_SSM_MANAGED_INSTANCE_CORE
 from portless.iam.policy import Policy, parse_policy
+from tests.seed_policies import (
+    SEED_001_BROWSE,
+    SEED_001_CONFIGURE,
+    SEED_001_CONNECT,
+    SEED_004_PER_INSTANCE,
+    SEED_INSTANCE_PROFILE,
+    SEEDS_DIR,
+)
 
 from .helpers import ACCOUNT, NODE
-
-SEED_001_CONNECT = """{
-   "Version": "2012-10-17",
-   "Statement": [
-       {
-           "Sid": "1",
-           "Effect": "Allow",
-           "Action": [
-               "ec2:DescribeInstances",
-               "ssm:DescribeInstanceInformation",
-               "ssm:GetConnectionStatus",
-               "ssm:StartSession"
-           ],
-           "Resource": "*"
-       }
-   ]
-}"""
-
-SEED_001_BROWSE = """{
-   "Version": "2012-10-17",
-   "Statement": [
-       {
-           "Sid": "2",
-           "Effect": "Allow",
-           "Action": [
-               "ec2:describeInstances",
-               "ssm:DescribeInstanceInformation",
-               "ssm:GetConnectionStatus",
-               "ssm:StartSession",
-               "ssm:ListAssociations",
-               "ssm:DescribeSessions",
-               "ssm:DescribeInstanceProperties"
-           ],
-           "Resource": "*"
-       }
-   ]
-}"""
-
-SEED_001_CONFIGURE = """{
-    "Version": "2012-10-17",
-    "Statement": [
-        {
-            "Sid": "1",
-            "Effect": "Allow",
-            "Action": [
-                "ec2:describeInstances",
-                "ssm:DescribeInstanceInformation",
-                "ssm:GetConnectionStatus",
-                "ssm:StartSession",
-                "ssm:ListAssociations",
-                "ssm:DescribeSessions",
-                "ssm:DescribeInstanceProperties",
-                "ssm:CreateDocument",
-                "ssm:GetDocument",
-                "ssm:UpdateDocument",
-                "ssm:DeleteDocument"
-            ],
-            "Resource": "*"
-        }
-    ]
-}"""
-
-SEED_INSTANCE_PROFILE = """{
-   "Version": "2012-10-17",
-   "Statement": [
-       {
-           "Effect": "Allow",
-           "Action": [
-               "ssm:DescribeAssociation",
-               "ssm:GetDeployablePatchSnapshotForInstance",
-               "ssm:GetDocument",
-               "ssm:DescribeDocument",
-               "ssm:GetManifest",
-               "ssm:GetParameter",
-               "ssm:GetParameters",
-               "ssm:ListAssociations",
-               "ssm:ListInstanceAssociations",
-               "ssm:PutInventory",
-               "ssm:PutComplianceItems",
-               "ssm:PutConfigurePackageResult",
-               "ssm:UpdateAssociationStatus",
-               "ssm:UpdateInstanceAssociationStatus",
-               "ssm:UpdateInstanceInformation"
-           ],
-           "Resource": "*"
-       },
-       {
-           "Effect": "Allow",
-           "Action": [
-               "ssmmessages:CreateControlChannel",
-               "ssmmessages:CreateDataChannel",
-               "ssmmessages:OpenControlChannel",
-               "ssmmessages:OpenDataChannel"
-           ],
-           "Resource": "*"
-       },
-       {
-           "Effect": "Allow",
-           "Action": [
-               "ec2messages:AcknowledgeMessage",
-               "ec2messages:DeleteMessage",
-               "ec2messages:FailMessage",
-               "ec2messages:GetEndpoint",
-               "ec2messages:GetMessages",
-               "ec2messages:SendReply"
-           ],
-           "Resource": "*"
-       }
-   ]
-}"""
-
-SEED_004_PER_INSTANCE = """{
-    "Version": "2012-10-17",
-    "Statement": [
-        {
-            "Effect": "Allow",
-            "Action": [
-                "ssm:StartSession"
-            ],
-            "Resource": [
-                "arn:aws:ec2:us-east-2:123456789012:instance/i-1234567890EXAMPLE",
-                "arn:aws:ec2:us-east-2:123456789012:instance/i-abcdefghijEXAMPLE",
-                "arn:aws:ec2:us-east-2:123456789012:instance/i-0e9d8c7b6aEXAMPLE"
-            ]
-        },
-        {
-            "Effect": "Allow",
-            "Action": [
-                "ssm:TerminateSession"
-            ],
-            "Resource": [
-                "arn:aws:ssm:*:*:session/${aws:username}-*"
-            ]
-        }
-    ]
-}"""
 
 
 def _decide(policy_text: str, action: str, resource: str = "*", **kw: object) -> bool:
@@ -311,3 +183,14 @@ def test_seed_004_start_session_decided_by_first_statement() -> None:
         RequestContext.build("ssm:TerminateSession", _session("alice-1"), username="alice"),
     )
     assert decision.allowed and decision.statement_index == 1
+
+
+@pytest.mark.parametrize(("text", "seed"), [
+    (SEED_001_CONNECT, "001"), (SEED_001_BROWSE, "001"), (SEED_001_CONFIGURE, "001"),
+    (SEED_INSTANCE_PROFILE, "001"), (SEED_INSTANCE_PROFILE, "004"),
+    (SEED_004_PER_INSTANCE, "004"),
+])
+def test_policies_are_the_seeds_word_for_word(text: str, seed: str) -> None:
+    (article,) = SEEDS_DIR.glob(f"{seed}_*.txt")
+    # Compare up to whitespace: the articles indent with spaces of their own.
+    assert " ".join(text.split()) in " ".join(article.read_text().split())

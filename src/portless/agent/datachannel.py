@@ -58,7 +58,7 @@ from portless.protocol.versions import PORTLESS_AGENT_VERSION
 
 log = logging.getLogger(__name__)
 
-FAST_PATH_OFFER = FastPath(max_payload=128 * 1024, window=32, digest=False, smux_version=2)
+FAST_PATH_OFFER = FastPath(max_payload=512 * 1024, window=32, digest=False, smux_version=2)
 """What the agent offers a portless client; the client may lower any of it."""
 
 HANDSHAKE_TIMEOUT_TEXT = ("Handshake timed out. Please ensure that you have the latest version "

@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+from portless import eventloop
 from portless.agent.api import NetworkError
 from portless.agent.registration import AlreadyRegistered, register
 from portless.agent.state import DEFAULT_STATE_DIR, StateDir, StateError
@@ -130,10 +131,8 @@ def _run(args: argparse.Namespace, state: StateDir) -> int:
         log.info("portless agent %s starting (endpoint %s)", reg.instance_id, reg.endpoint)
         await agent.run(stop)
 
-    # The standard event loop, not uvloop: sessions start processes as another user
-    # (subprocess user/group/extra_groups), which uvloop's subprocess support lacks.
     try:
-        asyncio.run(serve())
+        eventloop.run(serve())
     except Exception as exc:
         log.exception("agent failed")
         return _error(f"the agent stopped: {type(exc).__name__}: {exc}")

@@ -62,7 +62,7 @@ STOCK_CHUNK = 1024
 STOCK_PACING = 0.001
 """The plugin's pause after each message sent; kept with stock peers."""
 
-ACCEPT_FAST_PATH = FastPath(max_payload=128 * 1024, window=64, digest=False, smux_version=2)
+ACCEPT_FAST_PATH = FastPath(max_payload=512 * 1024, window=64, digest=False, smux_version=2)
 """What we accept when a portless agent offers the fast path (the smaller values win)."""
 
 PING_INTERVAL = 300.0

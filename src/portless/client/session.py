@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from portless import eventloop
 from portless.client.datachannel import DataChannel, Handler, SessionInfo
 from portless.client.stdio import InputPipe, OutputPipe
 from portless.protocol.handshake import PortMode, SessionParams
@@ -150,19 +151,11 @@ async def run_session(info: SessionInfo, api: SessionApi, ssl: ssl_module.SSLCon
     return 0
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
 def run_mode(info: SessionInfo, api: SessionApi, ssl: ssl_module.SSLContext | bool,
              mode: str | RunMode, *, data_key_provider: DataKeyProvider | None = None) -> int:
     """Synchronous entry for the CLI and the plugin."""
     run = MODES[mode] if isinstance(mode, str) else mode
-    with asyncio.Runner(loop_factory=_new_loop) as runner:
+    with asyncio.Runner(loop_factory=eventloop.new_event_loop) as runner:
         try:
             return runner.run(run_session(info, api, ssl, run,
                                           data_key_provider=data_key_provider))

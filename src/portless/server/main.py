@@ -12,6 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
+from portless import eventloop
 from portless.server.config import ServerConfig, default_data_dir
 from portless.server.tls import TlsFiles, ensure_auto_tls
 
@@ -141,11 +142,7 @@ async def _run(config: ServerConfig) -> int:
 
 
 def _run_loop(config: ServerConfig) -> int:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is optional
-        return asyncio.run(_run(config))
-    return uvloop.run(_run(config))
+    return eventloop.run(_run(config))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -80,7 +80,7 @@ class CommandsPlugin(SessionPlugin):
         unignore_child_signals()
         kwargs: dict[str, object] = {}
         if not user.is_self:
-            kwargs.update(user=user.uid, group=user.gid, extra_groups=list(user.groups))
+            kwargs.update(preexec_fn=user.become)
         outfile: IO[bytes] | None = None
         if not separate:
             outfile = tempfile.TemporaryFile()   # noqa: SIM115 - closed in finally

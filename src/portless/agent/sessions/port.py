@@ -45,10 +45,14 @@ DENIED_REMOTE_IPS = frozenset({
 })
 """Mgs.DeniedPortForwardingRemoteIPs defaults: never forward to the cloud's own services."""
 
-SOCKET_READ = 64 * 1024
+SOCKET_READ = 256 * 1024
+"""Bytes per destination-socket read; the stream window and channel room still bound it."""
 WRITE_HIGH_WATER = 1 * 2**20
 """Bytes queued towards one TCP socket beyond which client data is refused (not acked)."""
 SMUX_FRAME = 32768
+"""The plugin's MaxFrameSize (xtaci/smux v1 default): what a stock client expects."""
+FAST_SMUX_FRAME = 65535
+"""The largest frame smux's 16-bit length allows; used with portless clients (smux v2)."""
 SMUX_RECEIVE_BUFFER = 4 * 2**20
 SMUX_STREAM_WINDOW = 2**20
 KEEPALIVE_INTERVAL = 10.0
@@ -329,7 +333,8 @@ class _Mux:
         self.owner = owner
         self.io = io
         self.dest = dest
-        self.smux = SmuxSession(is_client=False, version=version, max_frame_size=SMUX_FRAME,
+        frame = FAST_SMUX_FRAME if version >= 2 else SMUX_FRAME
+        self.smux = SmuxSession(is_client=False, version=version, max_frame_size=frame,
                                 stream_window=SMUX_STREAM_WINDOW,
                                 max_receive_buffer=SMUX_RECEIVE_BUFFER)
         self.keepalive = keepalive

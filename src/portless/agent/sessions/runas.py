@@ -38,6 +38,16 @@ class RunAsUser:
         """True when the session runs as the agent's own user (no identity switch)."""
         return self.uid == os.getuid() and self.gid == os.getgid()
 
+    def become(self) -> None:
+        """Take on this user's identity; run in the child between fork and exec.
+
+        Only system calls, no locks: safe as a `preexec_fn`, which is how both event
+        loops (asyncio's and uvloop's, which lacks `user=`/`group=`) can use it.
+        """
+        os.setgroups(list(self.groups))
+        os.setgid(self.gid)
+        os.setuid(self.uid)
+
     @classmethod
     def from_passwd(cls, entry: pwd.struct_passwd, *, home: str | None = None) -> RunAsUser:
         try:

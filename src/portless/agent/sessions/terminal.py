@@ -16,7 +16,7 @@ import shutil
 import signal
 import struct
 import termios
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from portless.agent.aio import with_timeout
@@ -111,14 +111,18 @@ class PtyProcess:
                     cwd: str = "/") -> None:
         """Start `argv` on the slave as `user`, leading a new session with the pty as ctty."""
         unignore_child_signals()
+        steps: list[Callable[[], None]] = []
         kwargs: dict[str, object] = {}
-        if not user.is_self:
-            kwargs.update(user=user.uid, group=user.gid, extra_groups=list(user.groups))
         if _SETSID:
             args = [_SETSID, "--ctty", *argv]
         else:
             args = list(argv)
-            kwargs.update(start_new_session=True, preexec_fn=_acquire_ctty)
+            kwargs.update(start_new_session=True)
+            steps.append(_acquire_ctty)
+        if not user.is_self:
+            steps.append(user.become)
+        if steps:
+            kwargs.update(preexec_fn=lambda: [step() for step in steps])
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 *args, stdin=self._slave, stdout=self._slave, stderr=self._slave,

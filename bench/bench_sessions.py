@@ -94,18 +94,28 @@ def best_rate(measure: Callable[[], float], total: int, runs: int) -> float:
     return max(total / measure() / 1e6 for _ in range(runs))
 
 
+BANNER = re.compile(rb"Starting session with SessionId: \S+\r?\n")
+
+
 def first_byte_latency(argv: list[str], env: dict[str, str]) -> float:
-    """Seconds from spawning `argv` in a pty to the first byte it prints."""
+    """Seconds from spawning `argv` in a pty to the first byte the remote shell sends.
+
+    The client's own "Starting session" line does not count: only what follows it.
+    """
     pid, fd = pty.fork()
     if pid == 0:
         os.execvpe(argv[0], argv, env)
     start = time.perf_counter()
+    seen = b""
     try:
-        ready, _, _ = select.select([fd], [], [], 30)
-        if not ready:
-            raise RuntimeError("no output within 30 s")
-        os.read(fd, 1024)
-        return time.perf_counter() - start
+        while True:
+            ready, _, _ = select.select([fd], [], [], 30)
+            if not ready:
+                raise RuntimeError(f"no shell output within 30 s: {seen!r}")
+            seen += os.read(fd, 1024)
+            banner = BANNER.search(seen)
+            if banner and len(seen) > banner.end():
+                return time.perf_counter() - start
     finally:
         os.write(fd, b"exit\r")
         os.kill(pid, 15)

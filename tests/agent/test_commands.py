@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import pwd
+
+import pytest
 
 from portless.agent.datachannel import FAST_PATH_OFFER
 from portless.agent.runtime import Agent
+from portless.agent.sessions.runas import RunAsError, resolve_run_as
 from tests.agent import documents
 from tests.agent.relay import LoopbackServer
 
@@ -74,3 +78,31 @@ async def test_missing_program_fails_with_stderr_text(server: LoopbackServer,
     assert "no-such-program-xyz" in done.output
     assert b"no-such-program-xyz" in client.stderr
     await client.stop()
+
+
+async def test_run_as_user_gets_an_allowlisted_environment(
+        server: LoopbackServer, agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORTLESS_TEST_SECRET", "s3cret-value")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cret-key")
+    monkeypatch.setenv("LC_TIME", "C")
+    client = await server.start_session(documents.non_interactive_commands(),
+                                        parameters={"command": "env"},
+                                        fast_path=FAST_PATH_OFFER)
+    await client.wait_for(lambda: client.exit_code is not None, what="exit code")
+    assert client.exit_code == 0
+    env = dict(line.split("=", 1) for line in client.output.decode().splitlines()
+               if "=" in line)
+    assert b"s3cret" not in client.output
+    assert "PORTLESS_TEST_SECRET" not in env and "AWS_SECRET_ACCESS_KEY" not in env
+    entry = pwd.getpwnam("ssm-user")
+    assert env["USER"] == env["LOGNAME"] == "ssm-user"
+    assert env["HOME"] == entry.pw_dir
+    assert env["SHELL"] == (entry.pw_shell or "/bin/sh")
+    assert env["LC_TIME"] == "C"
+    assert "PATH" in env and "TERM" in env
+    await client.stop()
+
+
+def test_root_is_never_the_default_run_as_user() -> None:
+    with pytest.raises(RunAsError, match="must not be root"):
+        resolve_run_as(run_as_enabled=False, run_as_user="", default_user="", ssm_user="root")

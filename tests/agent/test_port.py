@@ -251,3 +251,16 @@ async def test_remote_host_and_denied_addresses(server: LoopbackServer, agent: A
     assert done.final_status == "Failed"
     assert done.output == "Forwarding to IP address 169.254.169.254 is forbidden."
     await client.stop()
+
+
+@pytest.mark.parametrize("host", ["::ffff:169.254.169.254", "::ffff:a9fe:a9fe",
+                                  "64:ff9b::a9fe:a9fe", "64:ff9b::169.254.169.253"])
+async def test_denied_addresses_cannot_be_reached_through_ipv6_forms(
+        server: LoopbackServer, agent: Agent, host: str) -> None:
+    client = await server.start_session(documents.port_forwarding(remote=True),
+                                        parameters={"portNumber": "80", "host": host})
+    done = await server.completion(client.side.session_id)
+    assert done.final_status == "Failed"
+    assert done.output.startswith("Forwarding to IP address ")
+    assert done.output.endswith(" is forbidden.")
+    await client.stop()

@@ -77,6 +77,9 @@ async def test_register_stores_a_fresh_key_and_requests_signed_credentials(
 
 
 async def test_agent_comes_online(server: LoopbackServer, agent: Agent) -> None:
+    async with asyncio.timeout(10):          # the full report may still be on its way
+        while [c.target for c in server.calls].count("UpdateInstanceInformation") < 2:
+            await asyncio.sleep(0.02)
     ops = [c.target for c in server.calls]
     assert ops[:4] == ["RegisterManagedInstance", "RequestManagedInstanceRoleToken",
                        "UpdateInstanceInformation", "UpdateInstanceInformation"]

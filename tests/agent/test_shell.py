@@ -11,6 +11,7 @@ import pytest
 from portless.agent.datachannel import FAST_PATH_OFFER
 from portless.agent.runtime import Agent
 from portless.agent.sessions.shell import split_utf8
+from portless.protocol.handshake import FastPath
 from portless.protocol.message import FLAG_SYN, MessageType, PayloadType
 from portless.protocol.payloads import TerminalSize
 from tests.agent import documents
@@ -109,6 +110,21 @@ async def test_stock_client_gets_stock_framing(server: LoopbackServer, agent: Ag
     done = await server.completion(client.side.session_id)
     assert done.final_status == "Success"
     assert client.exit_code is None          # a stock plugin would print it: not sent
+    await client.stop()
+
+
+async def test_fast_path_output_never_exceeds_the_agreed_max_payload(
+        server: LoopbackServer, agent: Agent) -> None:
+    small = FastPath(max_payload=1024, window=32, digest=False, smux_version=2)
+    client = await server.start_session(documents.shell(), fast_path=small)
+    assert client.params is not None and client.params.fast_path is not None
+    assert client.params.fast_path.max_payload == 1024
+    await client.type("for i in $(seq 700); do printf 'ééé€'; done; echo; echo done-$((1+1))\r")
+    await client.expect(r"done-2")
+    assert max(client.output_sizes) <= 1024
+    client.output.decode("utf-8")
+    await client.type("exit\r")
+    await server.completion(client.side.session_id)
     await client.stop()
 
 

@@ -425,6 +425,56 @@ async def test_unreachable_stream_url(server: FakeServer, clients: Any,
     assert c.out.data == b""
 
 
+async def test_a_dial_that_times_out_after_connecting_closes_its_websocket(
+        server: FakeServer, clients: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The WebSocket opens but OpenDataChannel cannot be sent in time (the peer does not
+    read a huge token): each attempt's socket is closed before the next one is dialled."""
+    import base64
+    import hashlib
+    import time
+
+    import portless.client.datachannel as dc
+
+    monkeypatch.setattr(dc, "RETRY_COUNT", 1)
+    monkeypatch.setattr(dc, "DIAL_TIMEOUT", 0.5)
+    monkeypatch.setattr(dc, "RETRY_INITIAL", (1.0, 1.0))  # room between the two attempts
+    spans: list[list[float]] = []
+
+    async def stalled(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key:"))
+        accept = base64.b64encode(hashlib.sha1(
+            key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        span = [time.monotonic(), 0.0]
+        spans.append(span)
+        await asyncio.sleep(1.0)              # not reading: the client's send blocks
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(1 << 20):
+                pass
+        span[1] = time.monotonic()
+        writer.close()
+
+    srv = await asyncio.start_server(stalled, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    try:
+        agent = server.new_session("Standard_Stream")
+        c = clients(server, agent, "exec")
+        c.info.stream_url = f"ws://127.0.0.1:{port}/stalled"
+        c.info.token = "x" * (64 << 20)
+        c.start()
+        assert await c.result(20) == 1
+        await c.err.wait_for(b"timed out connecting to the data channel")
+        async with asyncio.timeout(10):
+            while len(spans) < 2 or not all(end for _, end in spans):
+                await asyncio.sleep(0.05)
+        assert spans[0][1] < spans[1][0], spans   # the first closed before the second began
+    finally:
+        srv.close()
+
+
 # ------------------------------------------------------------------------ ports
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +13,7 @@ from portless.iam.authorizer import Authorizer, access_denied_error, ensure_admi
 from portless.iam.evaluation import Decision
 from portless.iam.managed import ADMINISTRATOR_ACCESS, AMAZON_SSM_READ_ONLY_ACCESS
 from portless.iam.principal import Caller
-from portless.store import NotFoundError, SecretBox, Store
+from portless.store import NotFoundError, Store
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -46,17 +44,6 @@ def allow(action: str | list[str], resource: str | list[str] = "*", **cond: Any)
 
 def deny(action: str | list[str], resource: str | list[str] = "*") -> dict[str, Any]:
     return {"Effect": "Deny", "Action": action, "Resource": resource}
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    st = await Store.open(
-        f"sqlite+aiosqlite:///{tmp_path / 'authz.db'}", secret_box=SecretBox.generate()
-    )
-    try:
-        yield st
-    finally:
-        await st.close()
 
 
 @pytest.fixture

@@ -395,6 +395,22 @@ def test_window_limits_in_flight() -> None:
     assert data_in(a.frames_to_send()) == [7, 8, 9]
 
 
+def test_fast_path_fills_its_window_with_full_payloads() -> None:
+    payload = bytes(512 * 1024)
+    a = agent()
+    a.reconfigure(window=32, digest=False, now=0.0, max_payload=len(payload))
+    sent = 0
+    while a.writable:
+        a.send(1, payload, 0.0)
+        sent += 1
+    assert sent >= 32                     # the byte high-water mark does not cut the window
+    assert len(data_in(a.frames_to_send())) == 32
+    assert a.config.max_unacked_bytes == 2 * 32 * len(payload)
+    b = agent()
+    b.reconfigure(window=4, digest=False, now=0.0, max_payload=1024)
+    assert b.config.max_unacked_bytes == 16 * 2**20   # never below the default
+
+
 def test_back_pressure_bounded_when_peer_never_acks() -> None:
     a = agent(max_unacked=100, max_unacked_bytes=10_000)
     sent = 0

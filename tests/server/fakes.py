@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -36,6 +37,9 @@ JSON11 = "application/x-amz-json-1.1"
 AGENT_VERSION = "3.3.0.0"
 
 _KEY_CACHE: list[rsa.RSAPrivateKey] = []
+
+if TYPE_CHECKING:
+    from tests.server.conftest import ServerThread
 
 
 def instance_key() -> rsa.RSAPrivateKey:
@@ -254,3 +258,24 @@ def raw_content(msg: Message) -> dict[str, Any]:
 
 
 __all__ = ["FLAGS_SINGLE_SHOT", "Node", "ack_for", "client_connect", "in_msg", "out_msg"]
+
+
+async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float = 5.0) -> Any:
+    """Polls an async predicate until it returns something truthy, or fails the test."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+async def ping_status(server: ServerThread, instance_id: str) -> str:
+    """The node's PingStatus as DescribeInstanceInformation reports it."""
+    out = await asyncio.to_thread(
+        server.ssm().describe_instance_information,
+        Filters=[{"Key": "InstanceIds", "Values": [instance_id]}])
+    (item,) = out["InstanceInformationList"]
+    return str(item["PingStatus"])

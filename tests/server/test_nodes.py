@@ -13,26 +13,15 @@ from botocore.exceptions import ClientError
 from portless.protocol.message import MessageType, decode
 from portless.protocol.payloads import AgentTaskAcknowledge
 from tests.server.conftest import ServerThread
-from tests.server.fakes import JSON11, Node, expect_closed, instance_key, token_from_xml
-
-
-async def wait_until(predicate, timeout: float = 5.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
-async def ping_status(server: ServerThread, instance_id: str) -> str:
-    out = await asyncio.to_thread(
-        server.ssm().describe_instance_information,
-        Filters=[{"Key": "InstanceIds", "Values": [instance_id]}])
-    (item,) = out["InstanceInformationList"]
-    return str(item["PingStatus"])
+from tests.server.fakes import (
+    JSON11,
+    Node,
+    expect_closed,
+    instance_key,
+    ping_status,
+    token_from_xml,
+    wait_until,
+)
 
 
 async def test_registration_and_online(server: ServerThread) -> None:

@@ -18,9 +18,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from portless.agent.aio import wait_event
 from portless.agent.api import AgentApi, MgsError, NetworkError
 from portless.agent.websocket import AgentSocket, Keepalive
+from portless.aio import wait_event
 from portless.protocol.message import MessageError, MessageType, decode
 from portless.protocol.payloads import (
     AgentTaskAcknowledge,

@@ -20,14 +20,14 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from portless.agent.aio import wait_event, with_timeout
-from portless.agent.api import AgentApi, MgsError, NetworkError
+from portless.agent.api import AgentApi, MgsError
 from portless.agent.sessions.base import STOCK_CHUNK, SessionClosed, SessionFailed, SessionPlugin
 from portless.agent.sessions.commands import CommandsPlugin
 from portless.agent.sessions.document import SessionSpec
 from portless.agent.sessions.port import PortPlugin
 from portless.agent.sessions.shell import ShellPlugin
 from portless.agent.websocket import AgentSocket, Keepalive
+from portless.aio import wait_event, with_timeout
 from portless.protocol.handshake import (
     AgentHandshake,
     FastPath,
@@ -137,10 +137,6 @@ class DataChannel:
     def fast_path(self) -> bool:
         return self._params is not None and self._params.fast_path is not None
 
-    @property
-    def client_version(self) -> str:
-        return self._params.client_version if self._params is not None else ""
-
     async def send(self, payload_type: int, data: bytes) -> None:
         while True:
             if self._over.is_set():
@@ -237,12 +233,13 @@ class DataChannel:
             params = await with_timeout(asyncio.shield(self._handshake_done),
                                         self.timing.handshake_timeout)
         except TimeoutError:
+            self._handshake_done.cancel()    # a late answer is dropped, not recorded
             raise HandshakeFailed(HANDSHAKE_TIMEOUT_TEXT) from None
         await self.send(PayloadType.HANDSHAKE_COMPLETE, hs.complete(self._loop.time()))
         fast = params.fast_path
         if fast is not None:
             self.stream.reconfigure(window=fast.window, digest=fast.digest,
-                                    now=self._loop.time())
+                                    now=self._loop.time(), max_payload=fast.max_payload)
         self._params = params
         log.info("session %s: handshake done (client %s, %s%s)", spec.session_id,
                  params.client_version or "?", spec.session_type,
@@ -299,10 +296,7 @@ class DataChannel:
                 if "Session is already terminated" in exc.body:
                     raise _SetupFailed(last) from None
                 continue
-            except (NetworkError, RuntimeError, LookupError) as exc:
-                last = str(exc)
-                continue
-            except Exception as exc:       # e.g. credentials not available
+            except Exception as exc:       # network errors, credentials not available, ...
                 last = f"{type(exc).__name__}: {exc}"
                 continue
             sock = AgentSocket(ws, self.timing.keepalive, name=f"data channel {sid}")
@@ -399,6 +393,8 @@ class DataChannel:
                 self.stream.accepting = False
                 self._handshake_done.set_result(params)
             return
+        if self._handshake_done.cancelled():
+            return                           # the handshake timed out: the session is over
         if not self._plugin_ready:
             self._early.append((payload_type, payload))
             return

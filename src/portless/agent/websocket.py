@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from portless.agent.aio import with_timeout
+from portless.aio import with_timeout
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
+from portless.aio import with_timeout
 from portless.protocol.handshake import ClientHandshake, FastPath, HandshakeFailed, SessionParams
-from portless.protocol.message import Message, MessageError, MessageType, PayloadType, decode
+from portless.protocol.message import (
+    STOCK_CHUNK,
+    Message,
+    MessageError,
+    MessageType,
+    PayloadType,
+    decode,
+)
 from portless.protocol.payloads import ChannelClosed, OpenDataChannel, PayloadError
 from portless.protocol.reliable import (
     Acked,
@@ -57,14 +65,15 @@ log = logging.getLogger(__name__)
 CLIENT_ID = str(uuid.uuid4())
 """ClientId of this process: chosen once, the same across reconnects (client spec §3.3)."""
 
-STOCK_CHUNK = 1024
-"""The plugin's read and message size; kept with stock peers."""
 STOCK_PACING = 0.001
 """The plugin's pause after each message sent; kept with stock peers."""
 
 ACCEPT_FAST_PATH = FastPath(max_payload=512 * 1024, window=64, digest=False, smux_version=2)
 """What we accept when a portless agent offers the fast path (the smaller values win)."""
 
+MAX_WS_MESSAGE = 4 * 2**20 + 64 * 1024
+"""The largest WebSocket message we take: a 4 MiB payload (the fast path's ceiling) plus
+the frame header and margin; anything bigger is a protocol error, not a memory hazard."""
 PING_INTERVAL = 300.0
 DIAL_TIMEOUT = 45.0
 OUT_HIGH_WATER = 1 << 20
@@ -244,13 +253,13 @@ class DataChannel:
     async def wait_acked(self, timeout: float) -> None:
         """Wait (bounded) until the peer acknowledged everything we sent."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._acked_all.wait(), timeout)
+            await with_timeout(self._acked_all.wait(), timeout)
 
     async def wait_sent(self, timeout: float) -> None:
         """Wait (bounded) until every queued frame was handed to the socket."""
         self._flush()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._out_empty.wait(), timeout)
+            await with_timeout(self._out_empty.wait(), timeout)
 
     def finish(self, status: int) -> None:
         if not self._done.done():
@@ -325,15 +334,14 @@ class DataChannel:
         if self._ws is not None and not self._ws.closed:
             self._flush()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._out_empty.wait(), 1.0)
+                await with_timeout(self._out_empty.wait(), 1.0)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(BaseException):
                 await task
         if self._ws is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._ws.close(), 1.0)
+            await _close_ws(self._ws)
         if self._http is not None:
             with contextlib.suppress(Exception):
                 await self._http.close()
@@ -341,22 +349,31 @@ class DataChannel:
     # ------------------------------------------------------------------ connect
 
     async def _dial(self, token: str) -> aiohttp.ClientWebSocketResponse:
+        """Connect and send OpenDataChannel within DIAL_TIMEOUT; a half-opened socket is
+        closed again when the rest fails (nothing leaks per retry)."""
         import aiohttp
 
         assert self._http is not None
-        kwargs: dict[str, Any] = {"ssl": self.ssl, "max_msg_size": 0, "autoping": True,
-                                  "autoclose": True, "compress": 0, "heartbeat": None}
+        kwargs: dict[str, Any] = {"ssl": self.ssl, "max_msg_size": MAX_WS_MESSAGE,
+                                  "autoping": True, "autoclose": True, "compress": 0,
+                                  "heartbeat": None}
         if hasattr(aiohttp, "ClientWSTimeout"):
             kwargs["timeout"] = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=1.0)
-        ws: aiohttp.ClientWebSocketResponse = await self._http.ws_connect(
-            self.info.stream_url, **kwargs)
-        opening = OpenDataChannel(token=token, client_id=CLIENT_ID,
-                                  client_version=PORTLESS_CLIENT_VERSION)
-        await ws.send_str(opening.to_json())
-        return ws
-
-    async def _dial_timed(self, token: str) -> aiohttp.ClientWebSocketResponse:
-        return await asyncio.wait_for(self._dial(token), DIAL_TIMEOUT)
+        ws: aiohttp.ClientWebSocketResponse | None = None
+        try:
+            async with asyncio.timeout(DIAL_TIMEOUT):
+                ws = await self._http.ws_connect(self.info.stream_url, **kwargs)
+                opening = OpenDataChannel(token=token, client_id=CLIENT_ID,
+                                          client_version=PORTLESS_CLIENT_VERSION)
+                await ws.send_str(opening.to_json())
+            return ws
+        except BaseException as exc:
+            if ws is not None:
+                if isinstance(exc, asyncio.CancelledError):
+                    self._background(_close_ws(ws))
+                else:
+                    await _close_ws(ws)
+            raise
 
     def _attach(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self._ws = ws
@@ -375,7 +392,7 @@ class DataChannel:
         last: BaseException | None = None
         for delay in [*retry_delays(), None]:
             try:
-                self._attach(await self._dial_timed(self._token))
+                self._attach(await self._dial(self._token))
                 return
             except (OSError, TimeoutError, ssl_module.SSLError) as exc:
                 last = exc
@@ -393,7 +410,7 @@ class DataChannel:
         self._connected.clear()
         old, self._ws = self._ws, None
         if old is not None and not old.closed:
-            self._background(asyncio.wait_for(old.close(), 1.0))
+            self._background(_close_ws(old))
         for delay in [*retry_delays(), None]:
             if self._done.done():
                 return False
@@ -412,7 +429,7 @@ class DataChannel:
             if not failed:
                 self._token = token or self._token
                 try:
-                    self._attach(await self._dial_timed(self._token))
+                    self._attach(await self._dial(self._token))
                     return True
                 except Exception as exc:
                     if not (isinstance(exc, OSError | TimeoutError | ssl_module.SSLError)
@@ -497,7 +514,7 @@ class DataChannel:
             delay = deadline - self.loop.time()
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._timer_wake.wait(), delay)
+                    await with_timeout(self._timer_wake.wait(), delay)
                 continue
             if self._ws is None:
                 await self._connected.wait()
@@ -635,7 +652,8 @@ class DataChannel:
         if params.fast_path is not None:
             self.fast_path = params.fast_path
             self.stream.reconfigure(window=params.fast_path.window,
-                                    digest=params.fast_path.digest, now=self.loop.time())
+                                    digest=params.fast_path.digest, now=self.loop.time(),
+                                    max_payload=params.fast_path.max_payload)
         await self._start_handler(params)
 
     async def _start_handler(self, params: SessionParams | None) -> None:
@@ -666,3 +684,9 @@ def _describe(exc: BaseException | None) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out connecting to the data channel"
     return str(exc) or type(exc).__name__
+
+
+async def _close_ws(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Close `ws`, waiting at most a second; errors ignored."""
+    with contextlib.suppress(Exception):
+        await with_timeout(ws.close(), 1.0)

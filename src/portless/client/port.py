@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 from portless.protocol.message import PayloadType
 from portless.protocol.payloads import Flag, PayloadError, decode_flag, encode_flag
 from portless.protocol.smux import (
+    MAX_FRAME_LENGTH,
+    STOCK_FRAME_SIZE,
     SmuxError,
     SmuxSession,
     StreamClosed,
@@ -43,8 +45,6 @@ if TYPE_CHECKING:
 
 TERMINATE_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP)
 SMUX_KEEPALIVE_INTERVAL = 10.0
-STOCK_SMUX_FRAME = 32768
-FAST_SMUX_FRAME = 65535
 FAST_STREAM_WINDOW = 4 * 1024 * 1024
 LOCAL_READ_STOCK = 32768
 LOCAL_READ_FAST = 256 * 1024
@@ -336,8 +336,7 @@ class BasicPortHandler(_PortBase):
 class _Conn:
     """One local connection carried by one smux stream."""
 
-    __slots__ = ("closing", "queue", "queued", "reader", "sid", "window", "writer",
-                 "writer_task")
+    __slots__ = ("closing", "queue", "reader", "sid", "window", "writer", "writer_task")
 
     def __init__(self, sid: int, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter) -> None:
@@ -345,7 +344,6 @@ class _Conn:
         self.reader = reader
         self.writer = writer
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self.queued = 0
         self.window = asyncio.Event()
         self.window.set()
         self.closing = False
@@ -370,7 +368,7 @@ class MuxPortHandler(_PortBase):
         version = fast.smux_version if fast is not None else 1
         self.smux = SmuxSession(
             is_client=True, version=min(version, 2),
-            max_frame_size=FAST_SMUX_FRAME if fast else STOCK_SMUX_FRAME,
+            max_frame_size=MAX_FRAME_LENGTH if fast else STOCK_FRAME_SIZE,
             stream_window=FAST_STREAM_WINDOW if fast else 262144)
         self.conns: dict[int, _Conn] = {}
         self._announced = False
@@ -507,7 +505,6 @@ class MuxPortHandler(_PortBase):
             data = await conn.queue.get()
             if data is None:
                 break  # the peer's FIN, after everything it sent
-            conn.queued -= len(data)
             try:
                 writer.write(data)
                 await writer.drain()
@@ -537,7 +534,6 @@ class MuxPortHandler(_PortBase):
         while not conn.queue.empty():
             item = conn.queue.get_nowait()
             if item is not None:
-                conn.queued -= len(item)
                 self._consumed(conn.sid, len(item))
         self._pull()
 
@@ -570,7 +566,6 @@ class MuxPortHandler(_PortBase):
                 if conn is None or conn.closing:
                     self._consumed(event.stream_id, len(event.data))
                     continue
-                conn.queued += len(event.data)
                 conn.queue.put_nowait(event.data)
             elif isinstance(event, StreamClosed):
                 if conn is not None:

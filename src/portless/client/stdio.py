@@ -15,6 +15,8 @@ import contextlib
 import os
 import threading
 
+from portless.aio import with_timeout
+
 
 class InputPipe:
     """Reads a blocking file descriptor from the event loop."""
@@ -96,10 +98,6 @@ class OutputPipe:
         self._thread = threading.Thread(target=self._run, name=f"output-fd{fd}", daemon=True)
         self._thread.start()
 
-    @property
-    def queued(self) -> int:
-        return self._queued
-
     def write(self, data: bytes) -> None:
         if not data or self.broken or self._closed:
             return
@@ -118,14 +116,18 @@ class OutputPipe:
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until everything written so far reached the descriptor."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._empty.wait(), timeout)
+            await with_timeout(self._empty.wait(), timeout)
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
             self._cond.notify()
 
-    def _signal(self, queued: int) -> None:
+    def _signal(self) -> None:
+        # The count the writer thread saw may be stale by now: `write` may have queued
+        # more since, so read the current one.
+        with self._cond:
+            queued = self._queued
         if queued < self.high_water:
             self._space.set()
         if queued == 0:
@@ -147,9 +149,8 @@ class OutputPipe:
                     self._queued = 0
                 else:
                     self._queued -= len(chunk)
-                queued = self._queued
             try:
-                self._loop.call_soon_threadsafe(self._signal, queued)
+                self._loop.call_soon_threadsafe(self._signal)
             except RuntimeError:  # loop closed
                 return
 

@@ -19,9 +19,9 @@ It builds the :class:`~portless.iam.context.RequestContext` (``aws:username``,
 from the target node's tags), evaluates, writes one audit event per decision and returns
 the :class:`~portless.iam.evaluation.Decision`.
 
-The class is call-compatible with the server's first ``portless.server.authz.Authorizer``
-(``authorize(caller, action, resource_arn, context)`` raising on deny, ``record``, ``deny``,
-``start``, ``stop``, ``flush``), so it can replace it in place.
+The server uses it through ``authorize(caller, action, resource_arn, context)`` (raising
+AccessDeniedException on deny), ``record`` and ``deny`` (audit a decision taken elsewhere),
+and ``start``/``stop``/``flush`` for the background audit writer.
 """
 
 from __future__ import annotations

@@ -9,8 +9,6 @@ on the very next request.
 
 from __future__ import annotations
 
-import secrets as _secrets
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,7 +18,7 @@ from portless.aws.arn import Arn, managed_instance_arn
 from portless.aws.errors import AwsError, unrecognized_client
 from portless.aws.sigv4 import SignedRequest, parse_authorization, verify
 from portless.store import Store
-from portless.store.records import sha256_hex
+from portless.store.records import IssuedCredential
 
 __all__ = [
     "Caller",
@@ -103,8 +101,11 @@ class SigningKey:
 
     secret_access_key: str
     caller: Caller
-    session_token_hash: str | None  # None for long-term (AKIA…) keys
-    expiration: float  # inf for long-term keys
+    credential: IssuedCredential | None = None  # the temporary credential; None for AKIA… keys
+
+    @property
+    def expiration(self) -> float:
+        return self.credential.expiration if self.credential is not None else float("inf")
 
 
 async def lookup_signing_key(
@@ -112,11 +113,12 @@ async def lookup_signing_key(
 ) -> SigningKey | None:
     """The active key *access_key_id* (long-term or issued), or None.
 
-    Inactive long-term keys, unknown or expired temporary credentials and credentials whose
-    user no longer exists all give None.
+    Inactive long-term keys, unknown temporary credentials and credentials whose user no
+    longer exists all give None. Expired (not yet purged) temporary credentials are returned:
+    :func:`authenticate` refuses them with ExpiredTokenException.
     """
     if access_key_id.startswith("ASIA"):
-        cred = await store.get_credential(access_key_id)
+        cred = await store.get_credential(access_key_id, include_expired=True)
         if cred is None:
             return None
         if cred.principal_type == "instance":
@@ -138,7 +140,7 @@ async def lookup_signing_key(
                 mfa_serial=mfa.mfa_serial if mfa else None,
                 mfa_authenticated_at=mfa.authenticated_at if mfa else None,
             )
-        return SigningKey(cred.secret_access_key, caller, cred.session_token_hash, cred.expiration)
+        return SigningKey(cred.secret_access_key, caller, cred)
     found = await store.get_access_key(access_key_id)
     if found is None or found.key.status != "Active":
         return None
@@ -147,7 +149,7 @@ async def lookup_signing_key(
     caller = Caller(
         "user", found.key.user_name, found.key.user_arn, access_key_id, found.key.user_id, tags
     )
-    return SigningKey(found.secret_access_key, caller, None, float("inf"))
+    return SigningKey(found.secret_access_key, caller)
 
 
 async def authenticate(
@@ -172,16 +174,17 @@ async def authenticate(
         lambda _akid: secret,
         now=moment,
         expected_service=set([services]) if isinstance(services, str) else services,
+        expected_region=region,
     )
     if key is None:  # pragma: no cover - verify() raised UnrecognizedClient already
         raise unrecognized_client()
     token = verified.security_token
-    if key.session_token_hash is None:
+    if key.credential is None:
         if token:
             raise unrecognized_client()
-    elif not token or not _secrets.compare_digest(sha256_hex(token), key.session_token_hash):
+    elif not token or not key.credential.session_token_matches(token):
         raise unrecognized_client()
-    if time.time() >= key.expiration:
+    if moment.timestamp() >= key.expiration:
         raise AwsError(
             "ExpiredTokenException", "The security token included in the request is expired"
         )

@@ -108,17 +108,16 @@ class BadMessageType(MessageError):
     pass
 
 
+STOCK_CHUNK = 1024
+"""Payload bytes per stream message between stock peers (agent spec §11.4)."""
+
+
 class BadCreatedDate(MessageError):
     pass
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def swap_uuid(raw: bytes) -> bytes:
-    """Swap the two 8-byte halves: the wire order of MessageId is second half first."""
-    return raw[8:16] + raw[0:8]
 
 
 @dataclass(slots=True)

@@ -188,12 +188,21 @@ class ReliableStream:
         self._high_bytes = max(1, min(hb, cfg.max_unacked_bytes))
         self._low_bytes = self._high_bytes // 2
 
-    def reconfigure(self, *, window: int | None, digest: bool, now: float) -> None:
-        """Switch pacing and digests after the handshake agreed on the fast path."""
+    def reconfigure(self, *, window: int | None, digest: bool, now: float,
+                    max_payload: int | None = None) -> None:
+        """Switch pacing and digests after the handshake agreed on the fast path.
+
+        With `max_payload` (the fast path's message size) the byte limits grow so that a
+        whole window of full messages fits below the byte high-water mark; memory stays
+        bounded at 2 * window * max_payload (or the configured limit if larger).
+        """
         if window is not None and window < 1:
             raise ValueError("window must be at least 1")
         self.config.window = window
         self.config.digest = digest
+        if window is not None and max_payload is not None and max_payload > 0:
+            cfg = self.config
+            cfg.max_unacked_bytes = max(cfg.max_unacked_bytes, 2 * window * max_payload)
         self._configure_marks()
         self._pump(now)
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 HEADER_SIZE = 8
 MAX_FRAME_LENGTH = 0xFFFF
 """Largest data length the 16-bit length field can carry; always accepted on receipt."""
+STOCK_FRAME_SIZE = 32768
+"""The plugin's MaxFrameSize (xtaci/smux v1 default): what stock peers send and expect."""
 
 CMD_SYN = 0
 CMD_FIN = 1
@@ -107,7 +109,7 @@ class SmuxSession:
         *,
         is_client: bool,
         version: int = 1,
-        max_frame_size: int = 32768,
+        max_frame_size: int = STOCK_FRAME_SIZE,
         stream_window: int = 262144,
         max_receive_buffer: int = 4 * 1024 * 1024,
     ) -> None:

@@ -7,7 +7,6 @@ or with the agent's RSA-signed SigV4 variant (RequestManagedInstanceRoleToken).
 
 from __future__ import annotations
 
-import binascii
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from portless.aws.rsa_signature import verify_rsa
 from portless.aws.sigv4 import parse_authorization
 from portless.iam.http import handle_query_request, is_query_request
 from portless.server.auth import ANONYMOUS, Caller, signed_request
-from portless.server.context import CONTEXT, Call, ServerContext
+from portless.server.context import CONTEXT, Call, ServerContext, audit_context
 from portless.server.middleware import REQUEST_ID
 
 log = logging.getLogger(__name__)
@@ -81,10 +80,7 @@ async def _authenticate_rsa(call_request: web.Request, body: bytes,
     key_text = instance.public_key if instance is not None else None
     if key_text is None:
         raise unrecognized_client()
-    try:
-        instance_id = verify_rsa(req, key_text, now=datetime.now(UTC))
-    except binascii.Error:
-        raise unrecognized_client() from None
+    instance_id = verify_rsa(req, key_text, now=datetime.now(UTC), expected_region=ctx.region)
     arn = str(managed_instance_arn(ctx.region, ctx.account_id, instance_id))
     return Caller("instance", instance_id, arn)
 
@@ -102,7 +98,7 @@ async def handle(request: web.Request) -> web.Response:
             account_id=ctx.account_id, body=raw)
     _prefix, service, op = _resolve(target)
     action = f"{service}:{op.name}"
-    audit = {"request_id": request_id, "source_ip": request.remote}
+    audit = audit_context(request, request_id=request_id)
     try:
         if op.auth == "sigv4":
             caller = await ctx.authenticator.authenticate(signed_request(request, raw),

@@ -7,6 +7,8 @@ tests use in-process.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -59,7 +61,9 @@ async def open_context(config: ServerConfig) -> tuple[ServerContext, Bootstrap]:
         await store.close()
         raise
     recordings = RecordingManager(config.recordings_dir)
-    control = ControlChannels(store, ping_interval=config.ping_interval)
+    control = ControlChannels(store, ping_interval=config.ping_interval,
+                              idle_timeout=config.control_idle_timeout,
+                              send_timeout=config.control_send_timeout)
 
     async def send_control(instance_id: str, frame: bytes) -> bool:
         conn = control.connections.get(instance_id)
@@ -67,7 +71,6 @@ async def open_context(config: ServerConfig) -> tuple[ServerContext, Bootstrap]:
 
     broker = Broker(config, store, recordings, send_control)
     control.on_task_complete = broker.agent_task_complete
-    control.on_disconnect = broker.instance_disconnected
     ctx = ServerContext(
         config=config, store=store, account_id=boot.account_id,
         authenticator=Authenticator(store, config.region, boot.account_id),
@@ -75,6 +78,24 @@ async def open_context(config: ServerConfig) -> tuple[ServerContext, Bootstrap]:
                               background_audit=True),
         control=control, broker=broker, recordings=recordings)
     return ctx, boot
+
+
+async def purge_expired(store: Store) -> tuple[int, int]:
+    """Delete used or expired channel tokens and expired issued credentials."""
+    tokens = await store.purge_channel_tokens()
+    credentials = await store.delete_expired_credentials()
+    if tokens or credentials:
+        log.debug("purged %d channel tokens and %d expired credentials", tokens, credentials)
+    return tokens, credentials
+
+
+async def _purge_loop(store: Store, interval: float) -> None:
+    while True:
+        try:
+            await purge_expired(store)
+        except Exception:
+            log.exception("periodic purge failed")
+        await asyncio.sleep(interval)
 
 
 async def _close_interrupted_sessions(store: Store) -> None:
@@ -97,6 +118,7 @@ class RunningServer:
     runner: web.AppRunner
     host: str
     port: int
+    purger: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
@@ -108,6 +130,11 @@ class RunningServer:
 
     async def stop(self) -> None:
         ctx = self.ctx
+        if self.purger is not None:
+            self.purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.purger
+            self.purger = None
         await ctx.broker.stop()
         await ctx.control.stop()
         await self.runner.cleanup()
@@ -141,4 +168,6 @@ async def start_server(config: ServerConfig) -> RunningServer:
     ctx.recordings.start()
     ctx.control.start()
     ctx.broker.start()
-    return RunningServer(ctx, boot, runner, config.host, port)
+    purger = asyncio.get_running_loop().create_task(
+        _purge_loop(ctx.store, config.purge_interval), name="purge")
+    return RunningServer(ctx, boot, runner, config.host, port, purger)

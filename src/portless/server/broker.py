@@ -41,13 +41,14 @@ from portless.protocol.message import (
 from portless.protocol.payloads import AgentSessionState, AgentTaskComplete, ChannelClosed
 from portless.server.config import ServerConfig
 from portless.server.recording import Recorder, RecordingManager
+from portless.server.wsutil import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, close_quietly
 from portless.store import SessionStatus, Store
 
 log = logging.getLogger(__name__)
 
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
+END_NOTIFY_TIMEOUT = 15.0
+"""Bound on the channel_closed notifications when a session ends (a dead peer must not
+hold up the teardown)."""
 
 _INPUT = MessageType.INPUT_STREAM_DATA
 _OUTPUT = MessageType.OUTPUT_STREAM_DATA
@@ -159,10 +160,7 @@ class Relay:
     agent_connected: bool = False
     agent_terminating: bool = False
     ended: bool = False
-    status: str = "Connecting"
-    end_status: str = ""
     end_output: str = ""
-    done: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def session_id(self) -> str:
@@ -199,7 +197,7 @@ class Broker:
                                                 cancel_agent=True), 5.0)
             for peer in relay.peers:
                 if peer is not None:
-                    await _close_quietly(peer.ws, CLOSE_GOING_AWAY, b"server shutting down")
+                    await close_quietly(peer.ws, CLOSE_GOING_AWAY, b"server shutting down")
         for task in list(self._background):
             task.cancel()
         if self._background:
@@ -232,7 +230,7 @@ class Broker:
         relay.gone_since[side] = None
         if old is not None:
             old.ready = False
-            self._spawn(_close_quietly(old.ws, CLOSE_NORMAL, b"replaced by a newer connection"))
+            self._spawn(close_quietly(old.ws, CLOSE_NORMAL, b"replaced by a newer connection"))
         log.info("session %s: %s data channel attached", relay.session_id, side.name.lower())
         try:
             if await self._flush(relay, peer):
@@ -247,7 +245,7 @@ class Broker:
                 log.info("session %s: %s data channel detached", relay.session_id,
                          side.name.lower())
             if not ws.closed:
-                await _close_quietly(ws, CLOSE_NORMAL, b"")
+                await close_quietly(ws, CLOSE_NORMAL, b"")
 
     async def _flush(self, relay: Relay, peer: Peer) -> bool:
         """Send what was queued for `peer`'s side, then mark it ready for live frames."""
@@ -298,7 +296,7 @@ class Broker:
         log.warning("session %s: malformed frame from the %s: %s", relay.session_id,
                     peer.side.name.lower(), exc)
         reason = f"malformed frame: {exc}"[:120].encode()
-        await _close_quietly(peer.ws, CLOSE_POLICY, reason)
+        await close_quietly(peer.ws, CLOSE_POLICY, reason)
 
     # ================================================================ pumps
 
@@ -387,7 +385,6 @@ class Broker:
         if state.state == "Connected" and not relay.agent_connected:
             relay.agent_connected = True
             if not relay.ended:
-                relay.status = "Connected"
                 self._spawn(self._store_status(relay.session_id, "Connected"))
         elif state.state == "Terminating":
             relay.agent_terminating = True
@@ -406,7 +403,7 @@ class Broker:
                               relay.end_output).to_message().encode()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(peer.ws.send_bytes(frame), 5.0)
-        await _close_quietly(peer.ws, CLOSE_NORMAL, b"session ended")
+        await close_quietly(peer.ws, CLOSE_NORMAL, b"session ended")
 
     async def end(self, relay: Relay, status: SessionStatus, output: str = "", *,
                   cancel_agent: bool) -> None:
@@ -414,9 +411,7 @@ class Broker:
         if relay.ended:
             return
         relay.ended = True
-        relay.end_status = status
         relay.end_output = output
-        relay.status = status
         sid = relay.session_id
         log.info("session %s ended: %s%s", sid, status, f" ({output})" if output else "")
         client = relay.peers[Side.CLIENT]
@@ -430,7 +425,11 @@ class Broker:
             if agent is not None:
                 tasks.append(_send_quietly(agent.ws, frame))
         if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+            try:
+                await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True),
+                                       END_NOTIFY_TIMEOUT)
+            except TimeoutError:
+                log.warning("session %s: ending notifications timed out", sid)
         relay.pending[Side.AGENT].clear()
         agent = relay.peers[Side.AGENT]
         if agent is not None:
@@ -438,7 +437,6 @@ class Broker:
             self._spawn(_close_later(agent.ws, 5.0 if cancel_agent else 0.5))
         if self.relays.get(sid) is relay:
             del self.relays[sid]
-        relay.done.set()
         await self.recordings.finish(relay.recorder)
         try:
             await self.store.update_session_status(
@@ -480,10 +478,6 @@ class Broker:
         # Not awaited: closing the client's socket must not hold up the control channel.
         self._spawn(self.end(relay, "Failed" if failed else "Terminated",
                              done.output if failed else "", cancel_agent=False))
-
-    async def instance_disconnected(self, instance_id: str) -> None:
-        """The node's control channel dropped; its sessions live on their data channels."""
-        return None
 
     # ================================================================ timers
 
@@ -552,13 +546,6 @@ async def _send_quietly(ws: web.WebSocketResponse, data: bytes) -> None:
         await asyncio.wait_for(ws.send_bytes(data), 5.0)
 
 
-async def _close_quietly(ws: web.WebSocketResponse, code: int, message: bytes) -> None:
-    if ws.closed:
-        return
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(ws.close(code=code, message=message), 2.0)
-
-
 async def _close_later(ws: web.WebSocketResponse, delay: float) -> None:
     await asyncio.sleep(delay)
-    await _close_quietly(ws, CLOSE_NORMAL, b"session ended")
+    await close_quietly(ws, CLOSE_NORMAL, b"session ended")

@@ -49,6 +49,15 @@ class ServerConfig:
     get_messages_hold: float = 10.0
     ping_interval: float = 60.0
     """How often a connected control channel refreshes the node's LastPingDateTime."""
+    control_idle_timeout: float = 162.0
+    """Drop a control channel on which nothing (not even a ping) arrived for this long;
+    the agents ping every 54 s, so this is three missed pings."""
+    control_send_timeout: float = 10.0
+    """A control-channel send that has not completed by then cuts the channel off."""
+
+    # Housekeeping.
+    purge_interval: float = 300.0
+    """How often used/expired channel tokens and expired issued credentials are deleted."""
 
     def resolved_db_url(self) -> str:
         if self.db_url:

@@ -12,6 +12,7 @@ from portless.server.auth import Authenticator, Caller
 from portless.server.broker import Broker
 from portless.server.config import ServerConfig
 from portless.server.control import ControlChannels
+from portless.server.middleware import REQUEST_ID
 from portless.server.recording import RecordingManager
 from portless.store import Store
 
@@ -30,6 +31,13 @@ class ServerContext:
     @property
     def region(self) -> str:
         return self.config.region
+
+
+def audit_context(request: web.Request, **extra: Any) -> dict[str, Any]:
+    """What every audit event of `request` carries (request id, source IP), plus `extra`."""
+    ctx: dict[str, Any] = {"request_id": request.get(REQUEST_ID), "source_ip": request.remote}
+    ctx.update(extra)
+    return ctx
 
 
 CONTEXT: web.AppKey[ServerContext] = web.AppKey("portless_context", ServerContext)
@@ -52,9 +60,7 @@ class Call:
         return self.request.remote
 
     def audit_context(self, **extra: Any) -> dict[str, Any]:
-        ctx: dict[str, Any] = {"request_id": self.request_id, "source_ip": self.source_ip}
-        ctx.update(extra)
-        return ctx
+        return audit_context(self.request, request_id=self.request_id, **extra)
 
     async def authorize(self, action: str, resource_arn: str | None, *,
                         no_permission_required: bool = False, **extra: Any) -> None:

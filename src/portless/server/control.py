@@ -5,7 +5,10 @@ frame); while it is open the node is Online.  The server sends
 `interactive_shell` (start a session) and `channel_closed` (cancel one) on it
 and receives `agent_task_complete` (acknowledged with `agent_task_acknowledge`).
 Telemetry and anything else is ignored.  A newer channel for the same node
-replaces the older one.
+replaces the older one.  A channel on which nothing (not even a ping) arrives
+for `idle_timeout` is dropped (the agents ping every 54 s), and a send that
+does not complete within `send_timeout` cuts the channel off: a node that
+vanished without closing its TCP connection goes ConnectionLost.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiohttp import WSMsgType, web
 
@@ -26,14 +29,12 @@ from portless.protocol.payloads import (
     OpenControlChannel,
     PayloadError,
 )
+from portless.server.wsutil import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, close_quietly
 from portless.store import Store
 
 log = logging.getLogger(__name__)
 
-CLOSE_POLICY = 1008
-
 TaskCompleteHandler = Callable[[str, AgentTaskComplete], Awaitable[None]]
-DisconnectHandler = Callable[[str], Awaitable[None]]
 
 
 @dataclass(eq=False)
@@ -41,15 +42,22 @@ class ControlConnection:
     instance_id: str
     ws: web.WebSocketResponse
     request: web.Request
-    agent_version: str = ""
-    platform_type: str = ""
-    connected_at: float = field(default_factory=time.time)
+    send_timeout: float = 10.0
+
+    @property
+    def alive(self) -> bool:
+        return not self.ws.closed
 
     async def send(self, data: bytes) -> bool:
+        """Send one frame; False if the channel is gone (a send that times out cuts it off)."""
         if self.ws.closed:
             return False
         try:
-            await self.ws.send_bytes(data)
+            await asyncio.wait_for(self.ws.send_bytes(data), self.send_timeout)
+        except TimeoutError:
+            log.warning("control channel of %s: send timed out; dropping it", self.instance_id)
+            self.abort()
+            return False
         except (ConnectionError, RuntimeError):
             return False
         return True
@@ -63,12 +71,14 @@ class ControlConnection:
 class ControlChannels:
     """The registry of connected nodes and the per-channel reader."""
 
-    def __init__(self, store: Store, *, ping_interval: float = 60.0) -> None:
+    def __init__(self, store: Store, *, ping_interval: float = 60.0,
+                 idle_timeout: float = 162.0, send_timeout: float = 10.0) -> None:
         self.store = store
         self.ping_interval = ping_interval
+        self.idle_timeout = idle_timeout
+        self.send_timeout = send_timeout
         self.connections: dict[str, ControlConnection] = {}
         self.on_task_complete: TaskCompleteHandler | None = None
-        self.on_disconnect: DisconnectHandler | None = None
         self._ping_task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
 
@@ -76,7 +86,7 @@ class ControlChannels:
 
     def is_connected(self, instance_id: str) -> bool:
         conn = self.connections.get(instance_id)
-        return conn is not None and not conn.ws.closed
+        return conn is not None and conn.alive
 
     async def wait_connected(self, instance_id: str, timeout: float) -> bool:
         """Wait (up to `timeout`) for `instance_id` to have a control channel."""
@@ -118,7 +128,9 @@ class ControlChannels:
     async def _pinger(self) -> None:
         while True:
             await asyncio.sleep(self.ping_interval)
-            for instance_id in list(self.connections):
+            for instance_id, conn in list(self.connections.items()):
+                if not conn.alive:
+                    continue
                 try:
                     await self.store.touch_instance_ping(instance_id)
                 except Exception:
@@ -128,15 +140,14 @@ class ControlChannels:
 
     async def serve(self, instance_id: str, ws: web.WebSocketResponse, request: web.Request,
                     opened: OpenControlChannel) -> None:
-        conn = ControlConnection(instance_id, ws, request, opened.agent_version,
-                                 opened.platform_type)
+        conn = ControlConnection(instance_id, ws, request, self.send_timeout)
         old = self.connections.get(instance_id)
         self.connections[instance_id] = conn
         self._changed.set()
         if old is not None and not old.ws.closed:
             log.info("control channel of %s replaced by a newer one", instance_id)
             asyncio.get_running_loop().create_task(
-                _close_quietly(old.ws, 1000, b"replaced by a newer control channel"))
+                close_quietly(old.ws, CLOSE_NORMAL, b"replaced by a newer control channel"))
         log.info("control channel of %s connected (agent %s, %s)", instance_id,
                  opened.agent_version or "?", opened.platform_type or "?")
         try:
@@ -151,15 +162,18 @@ class ControlChannels:
                 del self.connections[instance_id]
                 self._changed.set()
                 log.info("control channel of %s disconnected", instance_id)
-                if self.on_disconnect is not None:
-                    try:
-                        await self.on_disconnect(instance_id)
-                    except Exception:
-                        log.exception("control-channel disconnect handler failed")
 
     async def _read(self, conn: ControlConnection) -> None:
         ws = conn.ws
-        async for frame in ws:
+        while True:
+            try:
+                frame = await ws.receive(timeout=self.idle_timeout)
+            except TimeoutError:
+                log.warning("control channel of %s silent for %.0f s; dropping it",
+                            conn.instance_id, self.idle_timeout)
+                await close_quietly(ws, CLOSE_GOING_AWAY, b"no ping from the agent")
+                conn.abort()
+                break
             if frame.type == WSMsgType.BINARY:
                 data: bytes = frame.data
             elif frame.type == WSMsgType.TEXT:
@@ -170,7 +184,7 @@ class ControlChannels:
                 msg = decode(data, verify_digest=False, strict=False)
             except MessageError as exc:
                 log.warning("malformed control frame from %s: %s", conn.instance_id, exc)
-                await ws.close(code=CLOSE_POLICY, message=f"malformed frame: {exc}"[:120].encode())
+                await close_quietly(ws, CLOSE_POLICY, f"malformed frame: {exc}"[:120].encode())
                 break
             if msg.message_type == MessageType.AGENT_TASK_COMPLETE:
                 await self._task_complete(conn, msg)
@@ -195,7 +209,3 @@ class ControlChannels:
             except Exception:
                 log.exception("agent_task_complete handler failed for %s", done.session_id)
 
-
-async def _close_quietly(ws: web.WebSocketResponse, code: int, message: bytes) -> None:
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(ws.close(code=code, message=message), 2.0)

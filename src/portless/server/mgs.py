@@ -6,30 +6,36 @@ single-use token.  WebSockets (§8, §10.1, §11.1; client spec §3): a GET on t
 same paths; the first text frame (OpenControlChannel / OpenDataChannel) carries
 the token.  On a data channel the agent is told apart from the client by
 `ClientInstanceId` in that frame and the SigV4 `Authorization` on its GET.
+
+Control tokens and the agent's data tokens are issued and accepted only for a
+node's own credentials (a user, even an administrator, cannot pose as a node).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
+from typing import Any
 from xml.sax.saxutils import escape
 
 from aiohttp import WSMsgType, web
 
 from portless.aws.arn import session_arn
-from portless.aws.errors import AwsError
+from portless.aws.errors import AwsError, access_denied
 from portless.protocol.payloads import ChannelClosed, OpenControlChannel, OpenDataChannel
 from portless.server.auth import Caller, signed_request
-from portless.server.broker import CLOSE_POLICY, Side
-from portless.server.context import CONTEXT, ServerContext
-from portless.server.middleware import REQUEST_ID
+from portless.server.broker import Side
+from portless.server.context import CONTEXT, ServerContext, audit_context
 from portless.server.ops_nodes import instance_arn
+from portless.server.wsutil import CLOSE_INTERNAL_ERROR, CLOSE_POLICY, close_quietly
 
 log = logging.getLogger(__name__)
 
 SERVICE = frozenset({"ssmmessages"})
 FIRST_FRAME_TIMEOUT = 30.0
 TERMINATED_TEXT = "Session is already terminated"
+NOT_THE_NODE = "only the node itself may open its channels"
 
 
 def _token_xml(root: str, token: str) -> web.Response:
@@ -38,20 +44,27 @@ def _token_xml(root: str, token: str) -> web.Response:
     return web.Response(status=201, text=body, content_type="application/xml")
 
 
-def _audit(request: web.Request, **extra: object) -> dict[str, object]:
-    ctx: dict[str, object] = {"request_id": request.get(REQUEST_ID),
-                              "source_ip": request.remote}
-    ctx.update(extra)
-    return ctx
-
-
 async def _authenticate(ctx: ServerContext, request: web.Request, body: bytes,
                         action: str) -> Caller:
     try:
         return await ctx.authenticator.authenticate(signed_request(request, body), SERVICE)
     except AwsError as exc:
-        ctx.authorizer.deny(None, action, None, exc, _audit(request))
+        ctx.authorizer.deny(None, action, None, exc, audit_context(request))
         raise
+
+
+def _is_node(caller: Caller | None, instance_id: str | None) -> bool:
+    return (caller is not None and caller.kind == "instance" and bool(instance_id)
+            and caller.name == instance_id)
+
+
+def _require_node(ctx: ServerContext, caller: Caller, instance_id: str | None, action: str,
+                  arn: str, audit: dict[str, Any]) -> None:
+    """AccessDeniedException (audited) unless `caller` is the node `instance_id` itself."""
+    if _is_node(caller, instance_id):
+        return
+    ctx.authorizer.record(caller, action, arn, False, NOT_THE_NODE, audit)
+    raise access_denied(caller.arn, action, arn, NOT_THE_NODE)
 
 
 # ================================================================ REST
@@ -63,8 +76,10 @@ async def create_control_channel(request: web.Request) -> web.Response:
     body = await request.read()
     action = "ssmmessages:CreateControlChannel"
     caller = await _authenticate(ctx, request, body, action)
-    await ctx.authorizer.authorize(caller, action, instance_arn(ctx, instance_id),
-                                   _audit(request, instance_id=instance_id))
+    arn = instance_arn(ctx, instance_id)
+    audit = audit_context(request, instance_id=instance_id)
+    _require_node(ctx, caller, instance_id, action, arn, audit)
+    await ctx.authorizer.authorize(caller, action, arn, audit)
     if await ctx.store.get_instance(instance_id) is None:
         raise AwsError("AccessDeniedException", f"{instance_id} is not a registered node.")
     token = await ctx.store.issue_channel_token("control", instance_id, instance_id=instance_id,
@@ -83,15 +98,16 @@ async def create_data_channel(request: web.Request) -> web.Response:
     if relay is None or relay.ended:
         sess = await ctx.store.get_session(session_id)
         target = sess.target if sess is not None else None
-        await ctx.authorizer.authorize(caller, action, arn,
-                                       _audit(request, session_id=session_id,
-                                              instance_id=target))
+        audit = audit_context(request, session_id=session_id, instance_id=target)
+        if target is not None or not caller.is_instance:
+            _require_node(ctx, caller, target, action, arn, audit)
+        await ctx.authorizer.authorize(caller, action, arn, audit)
         raise AwsError("BadRequestException", f"{TERMINATED_TEXT}: {session_id}", 400)
-    await ctx.authorizer.authorize(caller, action, arn,
-                                   _audit(request, session_id=session_id,
-                                          instance_id=relay.info.instance_id))
-    token = await ctx.store.issue_channel_token("data_agent", session_id,
-                                                instance_id=relay.info.instance_id,
+    target = relay.info.instance_id
+    audit = audit_context(request, session_id=session_id, instance_id=target)
+    _require_node(ctx, caller, target, action, arn, audit)
+    await ctx.authorizer.authorize(caller, action, arn, audit)
+    token = await ctx.store.issue_channel_token("data_agent", session_id, instance_id=target,
                                                 ttl=ctx.config.channel_token_ttl)
     return _token_xml("CreateDataChannelResponse", token)
 
@@ -109,7 +125,7 @@ async def _first_text(ws: web.WebSocketResponse) -> str | None:
     try:
         msg = await asyncio.wait_for(ws.receive(), FIRST_FRAME_TIMEOUT)
     except TimeoutError:
-        await ws.close(code=CLOSE_POLICY, message=b"no opening frame")
+        await close_quietly(ws, CLOSE_POLICY, b"no opening frame")
         return None
     if msg.type is WSMsgType.TEXT:
         return str(msg.data)
@@ -118,14 +134,12 @@ async def _first_text(ws: web.WebSocketResponse) -> str | None:
             return bytes(msg.data).decode("utf-8")
         except UnicodeDecodeError:
             pass
-        await ws.close(code=CLOSE_POLICY, message=b"the first frame must be the opening JSON")
+        await close_quietly(ws, CLOSE_POLICY, b"the first frame must be the opening JSON")
     return None
 
 
-async def _refuse(ws: web.WebSocketResponse, reason: str) -> web.WebSocketResponse:
-    if not ws.closed:
-        await ws.close(code=CLOSE_POLICY, message=reason.encode()[:120])
-    return ws
+async def _refuse(ws: web.WebSocketResponse, reason: str) -> None:
+    await close_quietly(ws, CLOSE_POLICY, reason.encode()[:120])
 
 
 async def _optional_caller(ctx: ServerContext, request: web.Request,
@@ -135,13 +149,30 @@ async def _optional_caller(ctx: ServerContext, request: web.Request,
     return await _authenticate(ctx, request, b"", action)
 
 
+async def _serve_upgraded(request: web.Request, ws: web.WebSocketResponse,
+                          serving: Awaitable[None]) -> web.WebSocketResponse:
+    """Run `serving` on the upgraded socket: an error can no longer be an HTTP answer, so
+    it is logged and the socket closed with 1011."""
+    try:
+        await serving
+    except Exception:
+        log.exception("%s %s failed after the WebSocket upgrade", request.method, request.path)
+        await close_quietly(ws, CLOSE_INTERNAL_ERROR, b"internal error")
+    return ws
+
+
 async def control_channel_ws(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
-    instance_id = request.match_info["instance_id"]
     action = "ssmmessages:OpenControlChannel"
     caller = await _optional_caller(ctx, request, action)
     ws = _new_ws(ctx)
     await ws.prepare(request)
+    return await _serve_upgraded(request, ws, _control_channel(ctx, request, ws, caller, action))
+
+
+async def _control_channel(ctx: ServerContext, request: web.Request, ws: web.WebSocketResponse,
+                           caller: Caller | None, action: str) -> None:
+    instance_id = request.match_info["instance_id"]
     text = await _first_text(ws)
     if text is None:
         return await _refuse(ws, "expected OpenControlChannel")
@@ -149,28 +180,37 @@ async def control_channel_ws(request: web.Request) -> web.StreamResponse:
         opened = OpenControlChannel.from_json(text)
     except ValueError as exc:
         return await _refuse(ws, f"bad OpenControlChannel: {exc}")
-    token = await ctx.store.consume_channel_token(opened.token, kind="control")
     arn = instance_arn(ctx, instance_id)
+    audit = audit_context(request, instance_id=instance_id)
+    if not _is_node(caller, instance_id):
+        reason = NOT_THE_NODE if caller is not None else "control channel without SigV4"
+        ctx.authorizer.record(caller, action, arn, False, reason, audit)
+        return await _refuse(ws, reason)
+    assert caller is not None
+    token = await ctx.store.consume_channel_token(opened.token, kind="control")
     if token is None or token.subject != instance_id:
         ctx.authorizer.record(caller, action, arn, False, "invalid, expired or used token",
-                              _audit(request, instance_id=instance_id))
+                              audit)
         return await _refuse(ws, "invalid, expired or already used token")
-    who = caller or Caller("instance", instance_id, arn)
     try:
-        await ctx.authorizer.authorize(who, action, arn, _audit(request, instance_id=instance_id))
+        await ctx.authorizer.authorize(caller, action, arn, audit)
     except AwsError as exc:
         return await _refuse(ws, exc.message)
     await ctx.control.serve(instance_id, ws, request, opened)
-    return ws
 
 
 async def data_channel_ws(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
-    session_id = request.match_info["session_id"]
     action = "ssmmessages:OpenDataChannel"
     caller = await _optional_caller(ctx, request, action)
     ws = _new_ws(ctx)
     await ws.prepare(request)
+    return await _serve_upgraded(request, ws, _data_channel(ctx, request, ws, caller, action))
+
+
+async def _data_channel(ctx: ServerContext, request: web.Request, ws: web.WebSocketResponse,
+                        caller: Caller | None, action: str) -> None:
+    session_id = request.match_info["session_id"]
     text = await _first_text(ws)
     if text is None:
         return await _refuse(ws, "expected OpenDataChannel")
@@ -181,7 +221,7 @@ async def data_channel_ws(request: web.Request) -> web.StreamResponse:
     is_agent = opened.client_instance_id is not None
     side = Side.AGENT if is_agent else Side.CLIENT
     arn = str(session_arn(ctx.region, ctx.account_id, session_id))
-    audit = _audit(request, session_id=session_id, side=side.name.lower())
+    audit = audit_context(request, session_id=session_id, side=side.name.lower())
     if is_agent and caller is None:
         ctx.authorizer.record(None, action, arn, False, "agent side without SigV4", audit)
         return await _refuse(ws, "the agent's data channel must be SigV4-signed")
@@ -193,15 +233,18 @@ async def data_channel_ws(request: web.Request) -> web.StreamResponse:
         return await _refuse(ws, "invalid, expired or already used token")
     relay = ctx.broker.get(session_id)
     if is_agent:
+        assert caller is not None
         instance_id = token.instance_id or ""
+        audit["instance_id"] = instance_id
+        if not _is_node(caller, instance_id):
+            ctx.authorizer.record(caller, action, arn, False, NOT_THE_NODE, audit)
+            return await _refuse(ws, NOT_THE_NODE)
         if opened.client_instance_id != instance_id:
             ctx.authorizer.record(caller, action, arn, False, "ClientInstanceId mismatch",
                                   audit)
             return await _refuse(ws, "ClientInstanceId does not match the session's target")
-        assert caller is not None
         try:
-            await ctx.authorizer.authorize(caller, action, arn,
-                                           {**audit, "instance_id": instance_id})
+            await ctx.authorizer.authorize(caller, action, arn, audit)
         except AwsError as exc:
             return await _refuse(ws, exc.message)
     else:
@@ -215,4 +258,3 @@ async def data_channel_ws(request: web.Request) -> web.StreamResponse:
             await ws.send_bytes(frame)
         return await _refuse(ws, TERMINATED_TEXT)
     await ctx.broker.attach(relay, side, ws, request)
-    return ws

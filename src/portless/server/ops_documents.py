@@ -159,12 +159,6 @@ def _validate_content(content: str, fmt: str, doc_type: str) -> None:
         parse_content(content, fmt)
 
 
-def _version_selector(version: str | None) -> str | None:
-    if version is None:
-        return None
-    return version
-
-
 def document_arn_for(ctx: ServerContext, name: str) -> str:
     """The ARN of a session document: AWS-owned ones carry no account, as at AWS."""
     if is_builtin(name) and name != PREFERENCES_DOCUMENT:

@@ -7,6 +7,7 @@ import re
 import secrets
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 from portless.aws.arn import session_arn
 from portless.aws.awsjson import optional_int, optional_str, require_enum, require_str
@@ -28,7 +29,10 @@ from portless.store import InvalidNextTokenError, Session, SessionStatus
 log = logging.getLogger(__name__)
 
 DOCUMENT_NAME_PATTERN = r"^[a-zA-Z0-9_\-.:/]{3,128}$"
-_SID_SAFE = re.compile(r"[^A-Za-z0-9-]")
+_SID_UNSAFE = re.compile(r"[^\w+=,.@-]")
+"""What an IAM name (`[\\w+=,.@-]+`) cannot contain; never put in a session id."""
+SESSION_ID_MAX = 96
+_SID_SUFFIX = 1 + 17  # "-" and 17 lowercase hex digits
 SESSION_FILTER_KEYS = ("InvokedAfter", "InvokedBefore", "Target", "Owner", "Status",
                        "SessionId", "AccessType")
 SESSION_STATUSES = ("Connected", "Connecting", "Disconnected", "Terminated", "Terminating",
@@ -37,13 +41,22 @@ ACTIVE: tuple[SessionStatus, ...] = ("Connecting", "Connected", "Disconnected", 
 
 
 def new_session_id(caller_name: str) -> str:
-    prefix = _SID_SAFE.sub("-", caller_name)[:78] or "session"
+    """`<caller name>-<17 hex>`, as at AWS (e.g. `rob.berger@informed.iq-qpjr…`).
+
+    The name is kept as it is, so a policy on `session/${aws:username}-*` matches the
+    caller's own sessions and no one else's; it is only cut so the id stays within
+    SessionId's 96 characters.  (A character outside IAM's name set, which the IAM API
+    does not create, becomes `_`: ids never hold `/`, `?`, `#`, `%` or spaces, so they
+    are safe in file names, and `stream_url` quotes them for the URL path.)
+    """
+    prefix = _SID_UNSAFE.sub("_", caller_name)[:SESSION_ID_MAX - _SID_SUFFIX] or "session"
     return f"{prefix}-{secrets.token_hex(9)[:17]}"
 
 
 def stream_url(call: Call, session_id: str) -> str:
     host = call.request.host
-    return f"{call.ctx.config.ws_scheme}://{host}/v1/data-channel/{session_id}" \
+    path = quote(session_id, safe="@+=,")  # IAM name characters stay readable
+    return f"{call.ctx.config.ws_scheme}://{host}/v1/data-channel/{path}" \
            "?role=publish_subscribe"
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import abc
 from typing import Protocol
 
-STOCK_CHUNK = 1024
-"""Bytes per read of a pty or socket towards a stock client (agent spec §11.4)."""
+from portless.protocol.message import STOCK_CHUNK
+
+__all__ = ["STOCK_CHUNK", "SessionClosed", "SessionFailed", "SessionIO", "SessionPlugin"]
 
 
 class SessionFailed(Exception):
@@ -32,10 +33,6 @@ class SessionIO(Protocol):
     @property
     def fast_path(self) -> bool:
         """True when the client is portless and negotiated the fast path."""
-
-    @property
-    def client_version(self) -> str:
-        """The client's version from the handshake ("" if unknown)."""
 
     async def send(self, payload_type: int, data: bytes) -> None:
         """Queue one output message; waits while the stream has no room.

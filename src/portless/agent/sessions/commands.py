@@ -19,12 +19,12 @@ import signal
 import tempfile
 from typing import IO
 
-from portless.agent.aio import with_timeout
 from portless.agent.sessions.base import STOCK_CHUNK, SessionFailed, SessionIO, SessionPlugin
 from portless.agent.sessions.document import SessionSpec, as_bool
 from portless.agent.sessions.runas import RunAsError, resolve_run_as
 from portless.agent.sessions.shell import session_env
-from portless.agent.sessions.terminal import unignore_child_signals
+from portless.agent.sessions.terminal import exit_status, unignore_child_signals
+from portless.aio import with_timeout
 from portless.protocol.message import PayloadType
 from portless.protocol.payloads import encode_exit_code
 
@@ -32,10 +32,6 @@ log = logging.getLogger(__name__)
 
 _PREFIX_RE = re.compile(r"^[0-9a-zA-Z\r\n_:-]{0,30}$")
 KILL_GRACE = 2.0
-
-
-def exit_status(returncode: int) -> int:
-    return 128 - returncode if returncode < 0 else returncode
 
 
 class CommandsPlugin(SessionPlugin):
@@ -102,9 +98,15 @@ class CommandsPlugin(SessionPlugin):
             io.set_ready(True)
             if separate:
                 assert proc.stdout is not None and proc.stderr is not None
-                await asyncio.gather(
-                    self._stream(proc.stdout, io, PayloadType.OUTPUT, self.stdout_prefix, chunk),
-                    self._stream(proc.stderr, io, PayloadType.STDERR, self.stderr_prefix, chunk))
+                try:
+                    # One reader failing cancels the other.
+                    async with asyncio.TaskGroup() as group:
+                        group.create_task(self._stream(proc.stdout, io, PayloadType.OUTPUT,
+                                                       self.stdout_prefix, chunk))
+                        group.create_task(self._stream(proc.stderr, io, PayloadType.STDERR,
+                                                       self.stderr_prefix, chunk))
+                except BaseExceptionGroup as group_error:
+                    raise group_error.exceptions[0] from None
                 code = exit_status(await proc.wait())
                 await io.send(PayloadType.EXIT_CODE, encode_exit_code(code))
             else:

@@ -21,13 +21,15 @@ import logging
 import socket
 from collections import deque
 
-from portless.agent.aio import with_timeout
 from portless.agent.sessions.base import SessionClosed, SessionFailed, SessionIO, SessionPlugin
 from portless.agent.sessions.document import SessionSpec
+from portless.aio import with_timeout
 from portless.protocol.handshake import PortMode
 from portless.protocol.message import PayloadType
 from portless.protocol.payloads import Flag, PayloadError, decode_flag, encode_flag
 from portless.protocol.smux import (
+    MAX_FRAME_LENGTH,
+    STOCK_FRAME_SIZE,
     SmuxError,
     SmuxSession,
     StreamClosed,
@@ -49,14 +51,26 @@ SOCKET_READ = 256 * 1024
 """Bytes per destination-socket read; the stream window and channel room still bound it."""
 WRITE_HIGH_WATER = 1 * 2**20
 """Bytes queued towards one TCP socket beyond which client data is refused (not acked)."""
-SMUX_FRAME = 32768
-"""The plugin's MaxFrameSize (xtaci/smux v1 default): what a stock client expects."""
-FAST_SMUX_FRAME = 65535
-"""The largest frame smux's 16-bit length allows; used with portless clients (smux v2)."""
 SMUX_RECEIVE_BUFFER = 4 * 2**20
 SMUX_STREAM_WINDOW = 2**20
 KEEPALIVE_INTERVAL = 10.0
 DIAL_TIMEOUT = 30.0
+
+
+NAT64_PREFIX = ipaddress.IPv6Network("64:ff9b::/96")
+"""The well-known NAT64 prefix (RFC 6052): its addresses reach the embedded IPv4 address."""
+
+
+def canonical_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """`address` as the IP it really reaches: IPv4-mapped (`::ffff:a.b.c.d`) and NAT64
+    (`64:ff9b::a.b.c.d`) IPv6 addresses become their IPv4 address; a zone is dropped."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
+        if ip in NAT64_PREFIX:
+            return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip
 
 
 class Destination:
@@ -91,9 +105,9 @@ class Destination:
             addr = str(info[4][0])
             if addr not in addresses:
                 addresses.append(addr)
-        denied_ips = {ipaddress.ip_address(a) for a in denied}
+        denied_ips = {canonical_ip(a) for a in denied}
         for addr in addresses:
-            if ipaddress.ip_address(addr.split("%", 1)[0]) in denied_ips:
+            if canonical_ip(addr) in denied_ips:
                 raise SessionFailed(f"Forwarding to IP address {addr} is forbidden.")
         return cls(host, port, addresses)
 
@@ -200,6 +214,8 @@ class _Connection:
         self.pending_bytes = 0
         self.flusher: asyncio.Task[None] | None = None
         self.generation = 0
+        self.closers: set[asyncio.Task[None]] = set()
+        """Closes of dropped connections still running (referenced so they are not GC'd)."""
 
     async def start(self) -> None:
         await self._connect()
@@ -245,7 +261,9 @@ class _Connection:
         if self.reader_task is not None:
             self.reader_task.cancel()
         if writer is not None:
-            asyncio.get_running_loop().create_task(_close(writer))
+            task = asyncio.get_running_loop().create_task(_close(writer))
+            self.closers.add(task)
+            task.add_done_callback(self.closers.discard)
 
     def feed(self, data: bytes) -> None:
         """Client → socket."""
@@ -333,7 +351,7 @@ class _Mux:
         self.owner = owner
         self.io = io
         self.dest = dest
-        frame = FAST_SMUX_FRAME if version >= 2 else SMUX_FRAME
+        frame = MAX_FRAME_LENGTH if version >= 2 else STOCK_FRAME_SIZE
         self.smux = SmuxSession(is_client=False, version=version, max_frame_size=frame,
                                 stream_window=SMUX_STREAM_WINDOW,
                                 max_receive_buffer=SMUX_RECEIVE_BUFFER)

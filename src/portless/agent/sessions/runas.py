@@ -32,6 +32,7 @@ class RunAsUser:
     gid: int
     groups: tuple[int, ...]
     home: str
+    shell: str = "/bin/sh"
 
     @property
     def is_self(self) -> bool:
@@ -55,7 +56,8 @@ class RunAsUser:
         except OSError:
             groups = (entry.pw_gid,)
         return cls(entry.pw_name, entry.pw_uid, entry.pw_gid, groups,
-                   home if home is not None else entry.pw_dir or f"/home/{entry.pw_name}")
+                   home if home is not None else entry.pw_dir or f"/home/{entry.pw_name}",
+                   entry.pw_shell or "/bin/sh")
 
 
 def agent_user() -> RunAsUser:
@@ -64,7 +66,7 @@ def agent_user() -> RunAsUser:
 
 
 def resolve_run_as(*, run_as_enabled: bool, run_as_user: str, default_user: str,
-                   elevated: bool = False) -> RunAsUser:
+                   elevated: bool = False, ssm_user: str = DEFAULT_USER) -> RunAsUser:
     """Pick the run-as user; may create `ssm-user` (blocking: call it from a thread)."""
     if elevated:
         return agent_user()
@@ -79,12 +81,18 @@ def resolve_run_as(*, run_as_enabled: bool, run_as_user: str, default_user: str,
         except KeyError:
             raise RunAsError(
                 f"failed to start pty since RunAs user {name} does not exist") from None
-        if entry.pw_uid <= 0 or entry.pw_gid <= 0:
-            raise RunAsError(f"RunAs user {name} must not be root (uid and gid must be above 0)")
-        return RunAsUser.from_passwd(entry)
+        return _not_root(entry)
     if os.getuid() != 0:
         return agent_user()
-    return RunAsUser.from_passwd(ensure_default_user())
+    return _not_root(ensure_default_user(ssm_user))
+
+
+def _not_root(entry: pwd.struct_passwd) -> RunAsUser:
+    """`entry` as a run-as user; root (uid or gid 0) never is one."""
+    if entry.pw_uid <= 0 or entry.pw_gid <= 0:
+        raise RunAsError(
+            f"RunAs user {entry.pw_name} must not be root (uid and gid must be above 0)")
+    return RunAsUser.from_passwd(entry)
 
 
 def ensure_default_user(name: str = DEFAULT_USER) -> pwd.struct_passwd:

@@ -15,11 +15,11 @@ import contextlib
 import logging
 import os
 
-from portless.agent.aio import wait_event, with_timeout
 from portless.agent.sessions.base import STOCK_CHUNK, SessionFailed, SessionIO, SessionPlugin
 from portless.agent.sessions.document import SessionSpec, as_bool
 from portless.agent.sessions.runas import RunAsError, RunAsUser, resolve_run_as
 from portless.agent.sessions.terminal import PtyProcess
+from portless.aio import wait_event, with_timeout
 from portless.protocol.message import PayloadType
 from portless.protocol.payloads import PayloadError, TerminalSize, encode_exit_code
 
@@ -50,15 +50,28 @@ def split_utf8(data: bytes) -> tuple[bytes, bytes]:
     return data, b""
 
 
+SAFE_ENV = ("PATH", "LANG", "TZ")
+"""The agent's variables a session as another user inherits (plus every `LC_*`)."""
+
+
 def session_env(user: RunAsUser) -> dict[str, str]:
-    """The agent's environment plus what the stock agent sets for a shell session."""
-    env = dict(os.environ)
+    """The environment of a shell or command session.
+
+    As the agent's own user: the agent's environment plus what the stock agent sets. As
+    another user: only an allowlist of the agent's variables (PATH, LANG, LC_*, TZ) plus
+    TERM, HOME, USER, LOGNAME and SHELL, so that nothing else of root's environment
+    (proxy credentials, AWS_* keys, ...) leaks to the run-as user.
+    """
+    if user.is_self:
+        env = dict(os.environ)
+    else:
+        env = {k: v for k, v in os.environ.items() if k in SAFE_ENV or k.startswith("LC_")}
+        env["USER"] = env["LOGNAME"] = user.name
+        env["SHELL"] = user.shell
     env["TERM"] = "xterm-256color"
     env.setdefault("LANG", "C.UTF-8")
     env.setdefault("PATH", DEFAULT_PATH)
     env["HOME"] = user.home
-    if not user.is_self:
-        env["USER"] = env["LOGNAME"] = user.name
     return env
 
 
@@ -130,7 +143,10 @@ class ShellPlugin(SessionPlugin):
 
     async def _pump_output(self, pty: PtyProcess, io: SessionIO) -> int:
         """Send output until the shell has exited and its output is drained; return its code."""
-        chunk = max(STOCK_CHUNK, io.max_payload - 3)
+        # Stock: reads of 1024 bytes, so a message is at most 1024 + the ≤ 3 bytes of an
+        # incomplete UTF-8 sequence carried over (agent spec §11.4). Fast path: reads leave
+        # room for the carry, so no message exceeds the agreed max_payload.
+        chunk = max(1, io.max_payload - 3) if io.fast_path else STOCK_CHUNK
         carry = b""
         exited = asyncio.create_task(pty.wait())
         try:

@@ -1,8 +1,11 @@
 """A process in a pseudo-terminal: new session, controlling tty, run as another user.
 
-The child is started by asyncio's subprocess machinery (fork+exec done in C, safe in a
-threaded process) as the run-as user, with the pty slave as stdin/stdout/stderr, through
-util-linux `setsid --ctty` so it leads a new session whose controlling terminal is the pty.
+The child is started by asyncio's subprocess machinery with the pty slave as
+stdin/stdout/stderr, through util-linux `setsid --ctty` so it leads a new session whose
+controlling terminal is the pty. Switching to the run-as user (and, without `setsid`,
+taking the controlling terminal) happens in a `preexec_fn`: Python code run between fork
+and exec, which is NOT guaranteed safe in a threaded process (a lock another thread held at
+fork time stays locked in the child). The steps are bare system calls to keep that risk small.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ import termios
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from portless.agent.aio import with_timeout
 from portless.agent.sessions.runas import RunAsUser
+from portless.aio import with_timeout
 
 _SETSID = shutil.which("setsid") or ""
 
@@ -49,6 +52,11 @@ def unignore_child_signals() -> None:
         with contextlib.suppress(ValueError, OSError):
             if signal.getsignal(sig) == signal.SIG_IGN:
                 signal.signal(sig, _ignore)
+
+
+def exit_status(returncode: int) -> int:
+    """A subprocess returncode as a shell reports it: 128+N for a death by signal N."""
+    return 128 - returncode if returncode < 0 else returncode
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
@@ -175,8 +183,7 @@ class PtyProcess:
     async def wait(self) -> int:
         """The process's exit status as a shell reports it (128+N for signal N)."""
         assert self.proc is not None
-        code = await self.proc.wait()
-        return 128 - code if code < 0 else code
+        return exit_status(await self.proc.wait())
 
     async def terminate(self, grace: float = 1.0) -> None:
         """Hang up the session: SIGHUP to all its processes, SIGKILL after `grace` seconds."""

@@ -144,9 +144,9 @@ class Agent:
     instance_id: str = ""
     proc: subprocess.Popen[bytes] | None = None
 
-    def register(self, server: Server, activation_id: str, code: str) -> None:
+    def register(self, endpoint: str, activation_id: str, code: str) -> None:
         out = subprocess.run(
-            [*PORTLESS, "agent", "register", "--endpoint", server.url, "--id", activation_id,
+            [*PORTLESS, "agent", "register", "--endpoint", endpoint, "--id", activation_id,
              "--code", code, "--region", REGION, "--state-dir", str(self.state_dir)],
             capture_output=True, env=clean_env(), timeout=60,
         )
@@ -170,12 +170,15 @@ class Agent:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-def start_node(server: Server, state_dir: Path) -> Agent:
-    """Activation → registration → running agent, Online in DescribeInstanceInformation."""
+def start_node(server: Server, state_dir: Path, endpoint: str | None = None) -> Agent:
+    """Activation → registration → running agent, Online in DescribeInstanceInformation.
+
+    `endpoint` is where the agent dials (the server's own URL unless given).
+    """
     ssm = server.ssm()
     act = ssm.create_activation(IamRole="AmazonSSMManagedInstanceCore", RegistrationLimit=5)
     agent = Agent(state_dir)
-    agent.register(server, act["ActivationId"], act["ActivationCode"])
+    agent.register(endpoint or server.url, act["ActivationId"], act["ActivationCode"])
     agent.start()
 
     def online() -> bool:

@@ -386,7 +386,8 @@ async def test_agent_reconnect_for_finished_session_is_refused(env: Env) -> None
 
 
 async def test_idle_timeout(make_server: Any) -> None:
-    server = make_server(minute_seconds=0.5)
+    # A "minute" of 2 s: long enough for a loaded machine to connect both sides first.
+    server = make_server(minute_seconds=2.0)
     async with aiohttp.ClientSession() as http:
         node = await Node.register(http, server.url, server.ssm())
         control = await node.open_control()
@@ -505,7 +506,8 @@ async def test_describe_sessions_filters_and_pages(env: Env) -> None:
 
 
 async def test_max_session_duration(make_server: Any) -> None:
-    server = make_server(minute_seconds=0.5)
+    # A "minute" of 2 s: long enough for a loaded machine to connect both sides first.
+    server = make_server(minute_seconds=2.0)
     async with aiohttp.ClientSession() as http:
         node = await Node.register(http, server.url, server.ssm())
         control = await node.open_control()
@@ -518,7 +520,7 @@ async def test_max_session_duration(make_server: Any) -> None:
         sid, _agent, client, _ = await env.connected_session()
         found = await env.session(sid)
         assert found is not None and found["MaxSessionDuration"] == "1"
-        closed = await recv_until(client, MessageType.CHANNEL_CLOSED, timeout=5)
+        closed = await recv_until(client, MessageType.CHANNEL_CLOSED, timeout=10)
         assert "maximum session duration" in ChannelClosed.from_json(closed.payload).output
         await wait_status(env, sid, "History", "Terminated")
         await control.close()

@@ -3,8 +3,10 @@
 CreateDataChannel → signed WebSocket `?role=publish_subscribe` → OpenDataChannel (text) →
 `agent_session_state` Connected → handshake → session plugin → drain (≤ 2 s) →
 `agent_session_state` Terminating (shell types) → close. Sequencing, acks and
-retransmission are the sans-I/O ReliableStream's; this module owns the socket, the timer,
-reconnection (same sequence numbers, up to 6 attempts) and the plugin's view (SessionIO).
+retransmission are the sans-I/O ReliableStream's, its tasks and back-pressure the shared
+ReliableChannel's; this module owns the agent's side: opening the channel, reconnection
+through CreateDataChannel (same sequence numbers, up to 6 attempts), the handshake and the
+plugin's view (SessionIO).
 
 The handshake is always performed, for every session type, so that a portless client can
 negotiate the fast path (large payloads, a window, no digests) and exit codes; a stock
@@ -27,7 +29,8 @@ from portless.agent.sessions.document import SessionSpec
 from portless.agent.sessions.port import PortPlugin
 from portless.agent.sessions.shell import ShellPlugin
 from portless.agent.websocket import AgentSocket, Keepalive
-from portless.aio import wait_event, with_timeout
+from portless.aio import with_timeout
+from portless.channel import ReliableChannel
 from portless.protocol.handshake import (
     AgentHandshake,
     FastPath,
@@ -35,7 +38,7 @@ from portless.protocol.handshake import (
     PortMode,
     SessionParams,
 )
-from portless.protocol.message import MessageError, MessageType, PayloadType, decode
+from portless.protocol.message import MessageType, PayloadType
 from portless.protocol.payloads import (
     AgentSessionState,
     ChannelClosed,
@@ -44,15 +47,11 @@ from portless.protocol.payloads import (
     SessionType,
 )
 from portless.protocol.reliable import (
-    Acked,
-    BufferFull,
     ControlReceived,
     Delivered,
     ReliableStream,
     StreamConfig,
     StreamEvent,
-    StreamTimedOut,
-    Writable,
 )
 from portless.protocol.versions import PORTLESS_AGENT_VERSION
 
@@ -109,11 +108,11 @@ class DataChannel:
         config = StreamConfig(outgoing_type=MessageType.OUTPUT_STREAM_DATA,
                               max_unacked=100000, max_reorder=100000, max_resends=2**62)
         self.stream = ReliableStream(config, loop.time())
+        self.channel = ReliableChannel(
+            self.stream, on_events=self._handle, on_lost=self._lost, on_timeout=self._timed_out,
+            on_error=self._task_failed, verify_digest=False,
+            name=f"session {spec.session_id}")
         self._sock: AgentSocket | None = None
-        self._wake_writer = asyncio.Event()
-        self._wake_timer = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._writable.set()
         self._over = asyncio.Event()
         self._over_reason: TaskResult | None = None
         self._cancelled = False
@@ -124,7 +123,6 @@ class DataChannel:
         self._plugin: SessionPlugin | None = None
         self._plugin_ready = False
         self._early: list[tuple[int, bytes]] = []
-        self._tasks: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------ SessionIO
 
@@ -138,19 +136,8 @@ class DataChannel:
         return self._params is not None and self._params.fast_path is not None
 
     async def send(self, payload_type: int, data: bytes) -> None:
-        while True:
-            if self._over.is_set():
-                raise SessionClosed("the session is over")
-            if self.stream.writable:
-                try:
-                    self.stream.send(payload_type, data, self._loop.time())
-                    break
-                except BufferFull:
-                    pass
-            self._writable.clear()
-            await self._writable.wait()
-        self._wake_writer.set()
-        self._wake_timer.set()
+        if not await self.channel.send(payload_type, data):
+            raise SessionClosed("the session is over")
 
     def set_ready(self, ready: bool) -> None:
         if ready and not self._plugin_ready and self._plugin is not None:
@@ -173,7 +160,7 @@ class DataChannel:
             log.info("session %s: ending (%s)", self.spec.session_id, reason)
             self._over_reason = result
             self._over.set()
-            self._writable.set()
+            self.channel.end()
 
     async def run(self) -> TaskResult:
         sid = self.spec.session_id
@@ -181,8 +168,7 @@ class DataChannel:
             await self._connect(first=True)
         except _SetupFailed as exc:
             return TaskResult(FAILED, f"Setting up data channel with id {sid} failed: {exc}")
-        self._tasks = [asyncio.create_task(self._reader()), asyncio.create_task(self._writer()),
-                       asyncio.create_task(self._timer())]
+        self.channel.start()
         result = TaskResult(SUCCESS)
         try:
             session = asyncio.create_task(self._session())
@@ -238,8 +224,8 @@ class DataChannel:
         await self.send(PayloadType.HANDSHAKE_COMPLETE, hs.complete(self._loop.time()))
         fast = params.fast_path
         if fast is not None:
-            self.stream.reconfigure(window=fast.window, digest=fast.digest,
-                                    now=self._loop.time(), max_payload=fast.max_payload)
+            self.channel.reconfigure(window=fast.window, digest=fast.digest,
+                                     max_payload=fast.max_payload)
         self._params = params
         log.info("session %s: handshake done (client %s, %s%s)", spec.session_id,
                  params.client_version or "?", spec.session_type,
@@ -252,21 +238,14 @@ class DataChannel:
         A cancelled session (channel_closed, shutdown) skips both and just closes.
         """
         self._ending = True
-        if not self._cancelled and not self.stream.closed and self._sock is not None:
-            deadline = self._loop.time() + self.timing.drain
-            while self.stream.unacked and self._loop.time() < deadline and self._sock is not None:
-                self._writable.clear()
-                await wait_event(self._writable, 0.05)
+        if not self._cancelled and not self.stream.closed and self.channel.socket is not None:
+            await self.channel.wait_acked(self.timing.drain)
         sock = self._sock
         if sock is not None and not self._cancelled and self.spec.session_type in SHELL_TYPES:
             with contextlib.suppress(Exception):
                 await sock.send_bytes(
                     AgentSessionState(self.spec.session_id, "Terminating").to_message().encode())
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self.channel.stop()
         if sock is not None:
             await sock.close()
         self._sock = None
@@ -311,60 +290,37 @@ class DataChannel:
                 await sock.close()
                 continue
             self._sock = sock
-            if not first:
-                self.stream.reconnected(self._loop.time())
-                self._wake_writer.set()
-                self._wake_timer.set()
+            self.channel.attach(sock)
             return
         raise _SetupFailed(last)
 
-    async def _reader(self) -> None:
+    async def _lost(self) -> bool:
+        """The socket is gone: reconnect (True) unless the session is ending (False)."""
+        if self._ending or self._over.is_set():
+            return False
+        reason = self._sock.close_reason if self._sock is not None else ""
+        log.info("session %s: data channel lost (%s); reconnecting", self.spec.session_id, reason)
+        self._sock = None
         try:
-            await self._read_loop()
-        except Exception as exc:
-            log.exception("session %s: reader failed", self.spec.session_id)
-            self._end(TaskResult(FAILED, f"internal error: {exc}"), "reader failed")
+            await self._connect(first=False)
+        except _SetupFailed as exc:
+            self._end(TaskResult(FAILED, f"Data channel lost: {exc}"), "reconnect failed")
+            return False
+        return True
 
-    async def _read_loop(self) -> None:
-        while True:
-            sock = self._sock
-            if sock is None:
-                return
-            frame = await sock.receive()
-            if frame is None:
-                if self._ending or self._over.is_set():
-                    return
-                log.info("session %s: data channel lost (%s); reconnecting",
-                         self.spec.session_id, sock.close_reason)
-                self._sock = None
-                try:
-                    await self._connect(first=False)
-                except _SetupFailed as exc:
-                    self._end(TaskResult(FAILED, f"Data channel lost: {exc}"), "reconnect failed")
-                    return
-                continue
-            try:
-                msg = decode(frame, verify_digest=False, strict=False)
-            except MessageError as exc:
-                log.debug("session %s: dropped a malformed frame: %s", self.spec.session_id, exc)
-                continue
-            self._handle(self.stream.receive(msg, self._loop.time()))
-            self._wake_writer.set()
+    def _timed_out(self) -> None:
+        self._end(TaskResult(FAILED, "the client stopped acknowledging"), "timed out")
+
+    def _task_failed(self, what: str, exc: Exception) -> None:
+        log.error("session %s: %s failed", self.spec.session_id, what, exc_info=exc)
+        self._end(TaskResult(FAILED, f"internal error: {exc}"), f"{what} failed")
 
     def _handle(self, events: list[StreamEvent]) -> None:
         for event in events:
             if isinstance(event, Delivered):
                 self._delivered(event.payload_type, event.payload)
-            elif isinstance(event, Acked | Writable):
-                if self.stream.writable:
-                    self._writable.set()
             elif isinstance(event, ControlReceived):
                 self._control(event)
-            elif isinstance(event, StreamTimedOut):
-                self._end(TaskResult(FAILED, "the client stopped acknowledging"), "timed out")
-        if self.stream.writable:
-            self._writable.set()
-        self._wake_timer.set()
 
     def _control(self, event: ControlReceived) -> None:
         msg = event.message
@@ -407,46 +363,6 @@ class DataChannel:
         except Exception:
             log.exception("session %s: input handler failed", self.spec.session_id)
             self._end(TaskResult(FAILED, "internal error while handling input"), "plugin error")
-
-    async def _writer(self) -> None:
-        try:
-            await self._write_loop()
-        except Exception as exc:
-            log.exception("session %s: writer failed", self.spec.session_id)
-            self._end(TaskResult(FAILED, f"internal error: {exc}"), "writer failed")
-
-    async def _write_loop(self) -> None:
-        while True:
-            await self._wake_writer.wait()
-            self._wake_writer.clear()
-            frames = self.stream.frames_to_send()
-            sock = self._sock
-            if not frames or sock is None:
-                continue       # unacked data is resent after the reconnect
-            try:
-                await sock.send_many(frames)
-            except Exception as exc:
-                log.debug("session %s: send failed: %s", self.spec.session_id, exc)
-
-    async def _timer(self) -> None:
-        try:
-            await self._timer_loop()
-        except Exception as exc:
-            log.exception("session %s: timer failed", self.spec.session_id)
-            self._end(TaskResult(FAILED, f"internal error: {exc}"), "timer failed")
-
-    async def _timer_loop(self) -> None:
-        loop = self._loop
-        while True:
-            deadline = self.stream.next_deadline()
-            self._wake_timer.clear()
-            timeout = None if deadline is None else max(0.0, deadline - loop.time())
-            if timeout is None or timeout > 0:
-                await wait_event(self._wake_timer, timeout)
-                if deadline is None or loop.time() < deadline:
-                    continue
-            self._handle(self.stream.tick(loop.time()))
-            self._wake_writer.set()
 
 
 def make_plugin(spec: SessionSpec, params: SessionParams) -> SessionPlugin:

@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Collection, Mapping
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from portless.aws.errors import (
     AwsError,
@@ -44,6 +44,8 @@ CONTENT_TYPE = "application/x-amz-json-1.1"
 JsonObject = dict[str, Any]
 
 _OPERATION = re.compile(r"[A-Za-z][A-Za-z0-9]*")
+
+T = TypeVar("T")
 
 
 def parse_target(
@@ -95,6 +97,38 @@ def _wrong_type(name: str, expected: str) -> AwsError:
     return serialization_exception(f"Expected {expected} for member '{name}'")
 
 
+def _member(d: Mapping[str, Any], name: str, kind: type[T], expected: str) -> T | None:
+    """Member ``name`` if it is a *kind*, None if absent/null; otherwise the
+    SerializationException AWS gives for a member of the wrong JSON type."""
+    value = d.get(name)
+    if value is None:
+        return None
+    # bool is an int subclass, but JSON true/false is not an Integer.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise _wrong_type(name, expected)
+    return value
+
+
+def _required(value: T | None, name: str, target: str | None) -> T:
+    """*value*, or ``Member must not be null`` when the required member is absent/null."""
+    if value is None:
+        raise validation_error([(None, target or member_target(name), "Member must not be null")])
+    return value
+
+
+def _range_violations(
+    value: object, measure: int, target: str, low: int | None, high: int | None, what: str
+) -> list[Violation]:
+    """The model's min/max checks of a member's *what* (``length`` or ``value``), which
+    is *measure*, in AWS's wording."""
+    found: list[Violation] = []
+    if low is not None and measure < low:
+        found.append((value, target, f"Member must have {what} greater than or equal to {low}"))
+    if high is not None and measure > high:
+        found.append((value, target, f"Member must have {what} less than or equal to {high}"))
+    return found
+
+
 def _string_violations(
     value: str,
     target: str,
@@ -102,11 +136,7 @@ def _string_violations(
     max_len: int | None,
     pattern: str | re.Pattern[str] | None,
 ) -> list[Violation]:
-    found: list[Violation] = []
-    if min_len is not None and len(value) < min_len:
-        found.append((value, target, f"Member must have length greater than or equal to {min_len}"))
-    if max_len is not None and len(value) > max_len:
-        found.append((value, target, f"Member must have length less than or equal to {max_len}"))
+    found = _range_violations(value, len(value), target, min_len, max_len, "length")
     if pattern is not None:
         compiled = re.compile(pattern) if isinstance(pattern, str) else pattern
         if compiled.fullmatch(value) is None:
@@ -130,11 +160,9 @@ def optional_str(
     target: str | None = None,
 ) -> str | None:
     """Member ``name`` as a string, or None if absent/null; constraints as in the model."""
-    value = d.get(name)
+    value = _member(d, name, str, "String")
     if value is None:
         return None
-    if not isinstance(value, str):
-        raise _wrong_type(name, "String")
     found = _string_violations(value, target or member_target(name), min_len, max_len, pattern)
     if found:
         raise validation_error(found)
@@ -151,10 +179,7 @@ def require_str(
     target: str | None = None,
 ) -> str:
     """Required string member; null/absent gives ``Member must not be null``."""
-    value = optional_str(d, name, min_len, max_len, pattern, target=target)
-    if value is None:
-        raise validation_error([(None, target or member_target(name), "Member must not be null")])
-    return value
+    return _required(optional_str(d, name, min_len, max_len, pattern, target=target), name, target)
 
 
 def optional_int(
@@ -166,17 +191,12 @@ def optional_int(
     target: str | None = None,
 ) -> int | None:
     """Integer member with an optional range, or None if absent/null."""
-    value = d.get(name)
+    value = _member(d, name, int, "Integer")
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _wrong_type(name, "Integer")
-    where = target or member_target(name)
-    found: list[Violation] = []
-    if min_value is not None and value < min_value:
-        found.append((value, where, f"Member must have value greater than or equal to {min_value}"))
-    if max_value is not None and value > max_value:
-        found.append((value, where, f"Member must have value less than or equal to {max_value}"))
+    found = _range_violations(
+        value, value, target or member_target(name), min_value, max_value, "value"
+    )
     if found:
         raise validation_error(found)
     return value
@@ -184,12 +204,7 @@ def optional_int(
 
 def optional_bool(d: Mapping[str, Any], name: str) -> bool | None:
     """Boolean member, or None if absent/null."""
-    value = d.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, bool):
-        raise _wrong_type(name, "Boolean")
-    return value
+    return _member(d, name, bool, "Boolean")
 
 
 def optional_enum(
@@ -215,10 +230,7 @@ def require_enum(
     d: Mapping[str, Any], name: str, allowed: Collection[str], *, target: str | None = None
 ) -> str:
     """Required enum member."""
-    value = optional_enum(d, name, allowed, target=target)
-    if value is None:
-        raise validation_error([(None, target or member_target(name), "Member must not be null")])
-    return value
+    return _required(optional_enum(d, name, allowed, target=target), name, target)
 
 
 def optional_str_list(
@@ -233,20 +245,13 @@ def optional_str_list(
     target: str | None = None,
 ) -> list[str] | None:
     """List-of-strings member with list-length and per-member constraints, or None."""
-    value = d.get(name)
-    if value is None:
+    items = _member(d, name, list, "List of String")
+    if items is None:
         return None
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    if not all(isinstance(v, str) for v in items):
         raise _wrong_type(name, "List of String")
-    items: list[str] = value
     where = target or member_target(name)
-    found: list[Violation] = []
-    if min_items is not None and len(items) < min_items:
-        found.append(
-            (items, where, f"Member must have length greater than or equal to {min_items}")
-        )
-    if max_items is not None and len(items) > max_items:
-        found.append((items, where, f"Member must have length less than or equal to {max_items}"))
+    found = _range_violations(items, len(items), where, min_items, max_items, "length")
     for index, item in enumerate(items, start=1):
         found.extend(
             _string_violations(
@@ -260,12 +265,7 @@ def optional_str_list(
 
 def optional_object(d: Mapping[str, Any], name: str) -> JsonObject | None:
     """Structure/map member as a dict, or None if absent/null."""
-    value = d.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise _wrong_type(name, "Structure")
-    return value
+    return _member(d, name, dict, "Structure")
 
 
 def _encode_default(value: object) -> object:

@@ -6,19 +6,16 @@ session's bytes to a handler chosen by the session type (shell.py, port.py).  On
 lost WebSocket it resumes the session (ResumeSession, new token, same StreamUrl and
 ClientId); `channel_closed` ends it with the plugin's exit text.
 
-Tasks: one reader (frames in, handler fed in order: it may await, which is the
-back-pressure for output), one writer (frames out, in order), one timer (resends), one
-pinger.  The reader never waits for the writer's socket, so a peer that is slow to read
-cannot stop us from reading its acknowledgements.
+The reader, writer and resend timer are the shared ReliableChannel's (the handler is fed
+in order and may await, which is the back-pressure for output); this module adds the
+client's side: dialing, ResumeSession, the handshake, encryption and a pinger.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import collections
 import contextlib
-import ipaddress
 import json
 import logging
 import random
@@ -30,26 +27,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from portless.aio import with_timeout
+from portless.channel import ReliableChannel
+from portless.loopback import is_loopback
 from portless.protocol.handshake import ClientHandshake, FastPath, HandshakeFailed, SessionParams
-from portless.protocol.message import (
-    STOCK_CHUNK,
-    Message,
-    MessageError,
-    MessageType,
-    PayloadType,
-    decode,
-)
+from portless.protocol.message import STOCK_CHUNK, Message, MessageType, PayloadType
 from portless.protocol.payloads import ChannelClosed, OpenDataChannel, PayloadError
 from portless.protocol.reliable import (
-    Acked,
-    BufferFull,
     ControlReceived,
     Delivered,
     ReliableStream,
     StreamConfig,
     StreamEvent,
-    StreamTimedOut,
-    Writable,
 )
 from portless.protocol.versions import PORTLESS_CLIENT_VERSION
 
@@ -124,16 +112,6 @@ def retry_delays() -> list[float]:
     return delays
 
 
-def _is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class DataChannel:
     def __init__(
         self,
@@ -172,19 +150,10 @@ class DataChannel:
         self._done: asyncio.Future[int] = self.loop.create_future()
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._http: aiohttp.ClientSession | None = None
-        self._connected = asyncio.Event()
-        self._outq: collections.deque[bytes] = collections.deque()
-        self._outq_bytes = 0
-        self._out_ready = asyncio.Event()
-        self._out_room = asyncio.Event()
-        self._out_room.set()
-        self._out_empty = asyncio.Event()
-        self._out_empty.set()
-        self._writable = asyncio.Event()
-        self._writable.set()
-        self._acked_all = asyncio.Event()
-        self._acked_all.set()
-        self._timer_wake = asyncio.Event()
+        self.channel = ReliableChannel(
+            self.stream, on_events=self._on_events, on_lost=self._reconnect,
+            on_timeout=self._timed_out, on_error=self._task_failed, verify_digest=True,
+            max_queued_bytes=OUT_HIGH_WATER, name=f"session {info.session_id}")
         self._tasks: list[asyncio.Task[Any]] = []
         self._bg: set[asyncio.Future[Any]] = set()
 
@@ -213,57 +182,26 @@ class DataChannel:
 
     async def send(self, payload_type: int, payload: bytes) -> None:
         """Queue one stream message, waiting while the stream or the socket is backed up."""
-        while not self._done.done():
-            if not self.stream.writable:
-                self._writable.clear()
-                await self._wait_or_done(self._writable)
-                continue
-            if self._outq_bytes >= OUT_HIGH_WATER:
-                await self._wait_or_done(self._out_room)
-                continue
-            break
         if self._done.done():
             return
         if self.cipher is not None and payload_type == PayloadType.OUTPUT:
             payload = self.cipher.encrypt(payload)
-        while True:
-            try:
-                self.stream.send(payload_type, payload, self.loop.time())
-                break
-            except BufferFull:
-                self._writable.clear()
-                await self._wait_or_done(self._writable)
-                if self._done.done():
-                    return
-        self._acked_all.clear()
-        self._flush()
-        if self._timer_wake is not None:
-            self._timer_wake.set()
+        await self.channel.send(payload_type, payload)
 
     def send_nowait(self, payload_type: int, payload: bytes) -> None:
         """Queue a small control message (size, flag) without waiting for room."""
         if self.cipher is not None and payload_type == PayloadType.OUTPUT:
             payload = self.cipher.encrypt(payload)
-        with contextlib.suppress(BufferFull):
-            self.stream.send(payload_type, payload, self.loop.time())
-            self._acked_all.clear()
-            self._flush()
-            self._timer_wake.set()
-
-    async def wait_acked(self, timeout: float) -> None:
-        """Wait (bounded) until the peer acknowledged everything we sent."""
-        with contextlib.suppress(TimeoutError):
-            await with_timeout(self._acked_all.wait(), timeout)
+        self.channel.send_nowait(payload_type, payload)
 
     async def wait_sent(self, timeout: float) -> None:
         """Wait (bounded) until every queued frame was handed to the socket."""
-        self._flush()
-        with contextlib.suppress(TimeoutError):
-            await with_timeout(self._out_empty.wait(), timeout)
+        await self.channel.wait_sent(timeout)
 
     def finish(self, status: int) -> None:
         if not self._done.done():
             self._done.set_result(status)
+            self.channel.end()
 
     async def terminate(self) -> None:
         """TerminateSession through the API (errors ignored)."""
@@ -283,48 +221,34 @@ class DataChannel:
         if not task.cancelled() and task.exception() is not None:
             log.debug("background task failed: %s", task.exception())
 
-    async def _wait_or_done(self, event: asyncio.Event) -> None:
-        if event.is_set():
-            return
-        waiter: asyncio.Future[Any] = asyncio.ensure_future(event.wait())
-        futures: set[asyncio.Future[Any]] = {waiter, self._done}
-        try:
-            await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-
     # ----------------------------------------------------------------------- run
 
     async def run(self) -> int:
         import aiohttp
 
-        self._http = aiohttp.ClientSession(trust_env=not _is_loopback(self.info.stream_url))
+        host = urlsplit(self.info.stream_url).hostname or ""
+        self._http = aiohttp.ClientSession(trust_env=not is_loopback(host))
         try:
             try:
                 await self._connect_initial()
             except _ConnectFailed as exc:
                 self.warn(f"Cannot perform start session: {exc}\n")
                 return self.exit_on_failure
-            self._tasks = [
-                asyncio.create_task(self._reader(), name="datachannel-reader"),
-                asyncio.create_task(self._writer(), name="datachannel-writer"),
-                asyncio.create_task(self._timer(), name="datachannel-timer"),
-                asyncio.create_task(self._pinger(), name="datachannel-pinger"),
-            ]
-            for task in self._tasks:
-                task.add_done_callback(self._task_done)
+            self.channel.start()
+            self._tasks = [asyncio.create_task(self._pinger(), name="datachannel-pinger")]
             return await self._done
         finally:
             await self._shutdown()
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None and not self._done.done():
-            log.debug("task %s failed", task.get_name(), exc_info=exc)
+    def _task_failed(self, what: str, exc: Exception) -> None:
+        if not self._done.done():
+            log.debug("%s failed", what, exc_info=exc)
             self.warn(f"Cannot perform start session: {exc}\n")
             self.finish(self.exit_on_failure)
+
+    def _timed_out(self) -> None:
+        # The plugin asks the service to end the session; channel_closed follows.
+        self._background(self.terminate())
 
     async def _shutdown(self) -> None:
         if self.handler is not None:
@@ -332,9 +256,8 @@ class DataChannel:
                 await self.handler.close()
         # Let anything the handler queued last (a flag, final input) reach the socket.
         if self._ws is not None and not self._ws.closed:
-            self._flush()
-            with contextlib.suppress(TimeoutError):
-                await with_timeout(self._out_empty.wait(), 1.0)
+            await self.channel.wait_sent(1.0)
+        await self.channel.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -377,14 +300,7 @@ class DataChannel:
 
     def _attach(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self._ws = ws
-        self._outq.clear()
-        self._outq_bytes = 0
-        self._out_room.set()
-        self._out_empty.set()
-        self.stream.reconnected(self.loop.time())
-        self._connected.set()
-        self._flush()
-        self._timer_wake.set()
+        self.channel.attach(_WsFrames(ws))
         self._background(ws.ping(b"keepalive"))
 
     async def _connect_initial(self) -> None:
@@ -407,7 +323,6 @@ class DataChannel:
 
     async def _reconnect(self) -> bool:
         """ResumeSession, then re-dial the original StreamUrl with the new token."""
-        self._connected.clear()
         old, self._ws = self._ws, None
         if old is not None and not old.closed:
             self._background(_close_ws(old))
@@ -446,83 +361,6 @@ class DataChannel:
 
     # ------------------------------------------------------------------- tasks
 
-    async def _reader(self) -> None:
-        import aiohttp
-
-        while not self._done.done():
-            ws = self._ws
-            if ws is None:
-                return
-            try:
-                async for wsmsg in ws:
-                    if wsmsg.type == aiohttp.WSMsgType.BINARY:
-                        await self._on_frame(wsmsg.data)
-                    elif wsmsg.type == aiohttp.WSMsgType.TEXT:
-                        await self._on_frame(wsmsg.data.encode())
-                    elif wsmsg.type == aiohttp.WSMsgType.ERROR:
-                        break
-                    if self._done.done():
-                        return
-            except (aiohttp.ClientError, ConnectionError) as exc:
-                log.debug("data channel read failed: %s", exc)
-            if self._done.done():
-                return
-            if not await self._reconnect():
-                return
-
-    async def _writer(self) -> None:
-        while True:
-            if not self._outq:
-                self._out_ready.clear()
-                await self._out_ready.wait()
-                continue
-            ws = self._ws
-            if ws is None:
-                await self._connected.wait()
-                continue
-            frame = self._outq.popleft()
-            self._outq_bytes -= len(frame)
-            try:
-                await ws.send_bytes(frame)
-            except Exception as exc:
-                # The reader notices the dead socket and reconnects; unacked data is resent.
-                log.debug("data channel write failed: %s", exc)
-            if self._outq_bytes < OUT_HIGH_WATER // 2:
-                self._out_room.set()
-            if not self._outq:
-                self._out_empty.set()
-
-    def _flush(self) -> None:
-        frames = self.stream.frames_to_send()
-        if not frames:
-            return
-        for frame in frames:
-            self._outq.append(frame)
-            self._outq_bytes += len(frame)
-        self._out_empty.clear()
-        if self._outq_bytes >= OUT_HIGH_WATER:
-            self._out_room.clear()
-        self._out_ready.set()
-
-    async def _timer(self) -> None:
-        while True:
-            deadline = self.stream.next_deadline()
-            self._timer_wake.clear()
-            if deadline is None:
-                await self._timer_wake.wait()
-                continue
-            delay = deadline - self.loop.time()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await with_timeout(self._timer_wake.wait(), delay)
-                continue
-            if self._ws is None:
-                await self._connected.wait()
-                continue
-            for event in self.stream.tick(self.loop.time()):
-                await self._on_event(event)
-            self._flush()
-
     async def _pinger(self) -> None:
         while True:
             await asyncio.sleep(PING_INTERVAL)
@@ -533,37 +371,15 @@ class DataChannel:
 
     # ----------------------------------------------------------------- receive
 
-    async def _on_frame(self, frame: bytes) -> None:
-        try:
-            # Like the plugin: PayloadLength and PayloadType are not checked; a bad digest
-            # drops the message silently (the peer resends it).
-            msg = decode(frame, verify_digest=self.stream.config.digest, strict=False)
-        except MessageError as exc:
-            log.debug("dropping malformed frame: %s", exc)
-            return
-        events = self.stream.receive(msg, self.loop.time())
-        # Acknowledge before processing (handshake messages must be acked first).
-        self._flush()
+    async def _on_events(self, events: list[StreamEvent]) -> None:
         for event in events:
-            await self._on_event(event)
             if self._done.done():
                 return
-        self._flush()
-
-    async def _on_event(self, event: StreamEvent) -> None:
-        if isinstance(event, Delivered):
-            await self._deliver(event.payload_type, event.payload)
-        elif isinstance(event, Acked):
-            if self.stream.unacked == 0:
-                self._acked_all.set()
-        elif isinstance(event, Writable):
-            self._writable.set()
-        elif isinstance(event, ControlReceived):
-            if event.message.message_type == MessageType.CHANNEL_CLOSED:
+            if isinstance(event, Delivered):
+                await self._deliver(event.payload_type, event.payload)
+            elif (isinstance(event, ControlReceived)
+                  and event.message.message_type == MessageType.CHANNEL_CLOSED):
                 await self._channel_closed(event.message)
-        elif isinstance(event, StreamTimedOut):
-            # The plugin asks the service to end the session; channel_closed follows.
-            self._background(self.terminate())
 
     async def _channel_closed(self, msg: Message) -> None:
         output = ""
@@ -651,9 +467,9 @@ class DataChannel:
             self.say(params.customer_message + "\n")
         if params.fast_path is not None:
             self.fast_path = params.fast_path
-            self.stream.reconfigure(window=params.fast_path.window,
-                                    digest=params.fast_path.digest, now=self.loop.time(),
-                                    max_payload=params.fast_path.max_payload)
+            self.channel.reconfigure(window=params.fast_path.window,
+                                     digest=params.fast_path.digest,
+                                     max_payload=params.fast_path.max_payload)
         await self._start_handler(params)
 
     async def _start_handler(self, params: SessionParams | None) -> None:
@@ -666,6 +482,42 @@ class DataChannel:
 
 class _ConnectFailed(Exception):
     pass
+
+
+class _WsFrames:
+    """An aiohttp client WebSocket as the FrameSocket that ReliableChannel drives."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        import aiohttp
+
+        self.ws = ws
+        self._binary = aiohttp.WSMsgType.BINARY
+        self._text = aiohttp.WSMsgType.TEXT
+        self._done = frozenset({aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
+                                aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR})
+        self._errors = (aiohttp.ClientError, ConnectionError)
+
+    async def receive(self) -> bytes | None:
+        while True:
+            try:
+                msg = await self.ws.receive()
+            except self._errors as exc:
+                log.debug("data channel read failed: %s", exc)
+                return None
+            kind = msg.type
+            if kind == self._binary:
+                data: bytes = msg.data
+                return data
+            if kind == self._text:
+                text: str = msg.data
+                return text.encode()
+            if kind in self._done:
+                return None
+
+    async def send_many(self, frames: list[bytes]) -> None:
+        send = self.ws.send_bytes
+        for frame in frames:
+            await send(frame)
 
 
 def _is_client_error(exc: BaseException) -> bool:

@@ -22,8 +22,10 @@ import functools
 import os
 import signal
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from portless.client.signals import add_signal_handlers, remove_signal_handlers
 from portless.protocol.message import PayloadType
 from portless.protocol.payloads import Flag, PayloadError, decode_flag, encode_flag
 from portless.protocol.smux import (
@@ -134,19 +136,11 @@ class _PortBase:
         raise NotImplementedError
 
     def _install_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in TERMINATE_SIGNALS:
-            try:
-                loop.add_signal_handler(sig, self._terminate_signal)
-            except (ValueError, RuntimeError, OSError):
-                continue
-            self._signals.append(sig)
+        handlers: dict[int, Callable[[], object]] = dict.fromkeys(
+            TERMINATE_SIGNALS, self._terminate_signal)
         for sig in (signal.SIGTERM, signal.SIGHUP):
-            try:
-                loop.add_signal_handler(sig, functools.partial(self.ch.finish, 128 + sig))
-            except (ValueError, RuntimeError, OSError):
-                continue
-            self._signals.append(sig)
+            handlers[sig] = functools.partial(self.ch.finish, 128 + sig)
+        self._signals += add_signal_handlers(handlers)
 
     def _terminate_signal(self) -> None:
         """Ctrl-C & co. (client spec §8.2): flag 2 and exit, or TerminateSession for old agents."""
@@ -165,10 +159,7 @@ class _PortBase:
         if self._closed:
             return
         self._closed = True
-        loop = asyncio.get_running_loop()
-        for sig in self._signals:
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
+        remove_signal_handlers(self._signals)
         for server in self._servers:
             server.close()
         for task in list(self._tasks):
@@ -206,13 +197,8 @@ class StdioPortHandler:
 
     async def start(self) -> None:
         if self.mode.handle_signals:
-            loop = asyncio.get_running_loop()
-            for sig in (*TERMINATE_SIGNALS, signal.SIGTERM, signal.SIGHUP):
-                try:
-                    loop.add_signal_handler(sig, self._signal)
-                except (ValueError, RuntimeError, OSError):
-                    continue
-                self._signals.append(sig)
+            self._signals += add_signal_handlers(dict.fromkeys(
+                (*TERMINATE_SIGNALS, signal.SIGTERM, signal.SIGHUP), self._signal))
         self._pump = asyncio.create_task(self._read_stdin(), name="port-stdin")
         self.ch.set_ready(True)
 
@@ -251,10 +237,7 @@ class StdioPortHandler:
         if self._closed:
             return
         self._closed = True
-        loop = asyncio.get_running_loop()
-        for sig in self._signals:
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
+        remove_signal_handlers(self._signals)
         if self._pump is not None:
             self._pump.cancel()
         await self.stdio.out.flush(timeout=5.0)

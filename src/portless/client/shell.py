@@ -19,8 +19,10 @@ import contextlib
 import functools
 import os
 import signal
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from portless.client.signals import add_signal_handlers, remove_signal_handlers
 from portless.protocol.message import PayloadType
 from portless.protocol.payloads import PayloadError, TerminalSize, decode_exit_code
 
@@ -168,25 +170,12 @@ class ShellHandler:
     # ---------------------------------------------------------------- signals
 
     def _install_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        handlers: dict[int, Any] = {signal.SIGWINCH: self._send_size}
+        handlers: dict[int, Callable[[], object]] = {signal.SIGWINCH: self._send_size}
         for sig in CONTROL_BYTES:
             handlers[sig] = functools.partial(self._control_signal, sig)
         for sig in (signal.SIGTERM, signal.SIGHUP):
             handlers[sig] = functools.partial(self.ch.finish, 128 + sig)
-        for sig, cb in handlers.items():
-            try:
-                loop.add_signal_handler(sig, cb)
-            except (ValueError, RuntimeError, OSError):
-                continue
-            self._signals.append(sig)
-
-    def _remove_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in self._signals:
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
-        self._signals.clear()
+        self._signals += add_signal_handlers(handlers)
 
     def _control_signal(self, sig: int) -> None:
         if not self.mode.read_stdin and sig == signal.SIGINT:
@@ -213,7 +202,7 @@ class ShellHandler:
         if self._closed:
             return
         self._closed = True
-        self._remove_signals()
+        remove_signal_handlers(self._signals)
         if self._pump is not None:
             self._pump.cancel()
         await self.stdio.out.flush(timeout=5.0)

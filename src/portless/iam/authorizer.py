@@ -386,8 +386,6 @@ class Authorizer:
         if no_permission_required and not decision.allowed:
             reason = f"allowed: no permission required ({reason})"
             decision = Decision(allowed=True, reason="allowed")
-        if caller is not None and caller.access_key_id:
-            details["access_key_id"] = caller.access_key_id
         if origin is not None:
             details["policy_source"] = origin
         if decision.policy_arn:
@@ -398,21 +396,9 @@ class Authorizer:
             details["sid"] = decision.sid
         if mfa_present is not None:
             details["mfa"] = mfa_present
-        event = {
-            "time": moment,
-            "actor_arn": caller.arn if caller is not None else None,
-            "action": action,
-            "resource": resource_arn,
-            "decision": "allowed" if decision.allowed else "denied",
-            "reason": reason,
-            "request_id": request_id,
-            "source_ip": source_ip,
-            "details": details,
-        }
-        if self.background_audit:
-            self._enqueue(event)
-        else:
-            await self._write(event)
+        await self.write_event(caller, action, resource_arn, decision.allowed, reason,
+                               request_id=request_id, source_ip=source_ip, details=details,
+                               now=moment)
         return decision
 
     async def _evaluate(
@@ -530,17 +516,8 @@ class Authorizer:
         """Queue an audit event for a decision made elsewhere (e.g. a bad channel token)."""
         details = {k: v for k, v in context.items() if k not in _REQUEST_KEYS and v is not None}
         self._enqueue(
-            {
-                "time": self._clock(),
-                "actor_arn": caller.arn if caller is not None else None,
-                "action": action,
-                "resource": resource_arn,
-                "decision": "allowed" if allowed else "denied",
-                "reason": reason,
-                "request_id": context.get("request_id"),
-                "source_ip": context.get("source_ip"),
-                "details": details,
-            }
+            self._event(caller, action, resource_arn, allowed, reason, context.get("request_id"),
+                        context.get("source_ip"), details, self._clock())
         )
 
     def deny(
@@ -565,14 +542,27 @@ class Authorizer:
         request_id: str | None = None,
         source_ip: str | None = None,
         details: Mapping[str, Any] | None = None,
+        now: float | None = None,
     ) -> None:
-        """Audit an outcome decided outside :meth:`decide` (written now, or queued when
-        *background_audit* is on)."""
+        """Audit an outcome, decided by :meth:`decide` or outside it (written now, or
+        queued when *background_audit* is on); the caller's access key joins *details*."""
         extra: dict[str, Any] = dict(details or {})
         if caller is not None and caller.access_key_id:
             extra["access_key_id"] = caller.access_key_id
-        event = {
-            "time": self._clock(),
+        event = self._event(caller, action, resource, allowed, reason, request_id, source_ip,
+                            extra, self._clock() if now is None else now)
+        if self.background_audit:
+            self._enqueue(event)
+        else:
+            await self._write(event)
+
+    @staticmethod
+    def _event(caller: Principal | None, action: str, resource: str | None, allowed: bool,
+               reason: str, request_id: str | None, source_ip: str | None,
+               details: dict[str, Any], when: float) -> dict[str, Any]:
+        """One audit event as queued and written by `_write` (the audit trail's fields)."""
+        return {
+            "time": when,
             "actor_arn": caller.arn if caller is not None else None,
             "action": action,
             "resource": resource,
@@ -580,12 +570,8 @@ class Authorizer:
             "reason": reason,
             "request_id": request_id,
             "source_ip": source_ip,
-            "details": extra,
+            "details": details,
         }
-        if self.background_audit:
-            self._enqueue(event)
-        else:
-            await self._write(event)
 
     def _enqueue(self, event: dict[str, Any]) -> None:
         if self._task is None:

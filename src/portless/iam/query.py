@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import base64
 import functools
+import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -46,6 +47,7 @@ __all__ = [
     "parse_input",
     "render_error",
     "render_response",
+    "serve_query",
     "service_model",
     "validation_failure",
 ]
@@ -337,3 +339,45 @@ def render_response(
 def render_error(error: AwsError, request_id: str, xmlns: str) -> tuple[int, bytes]:
     """``(status, <ErrorResponse> document)`` for *error*."""
     return error.status, error.to_xml(request_id, xmlns=xmlns)
+
+
+# --------------------------------------------------------------------------- dispatch
+
+# service -> (API version, XML namespace, the code AWS gives an internal failure)
+_SERVICES = {
+    "iam": (IAM_VERSION, IAM_NAMESPACE, "ServiceFailure"),
+    "sts": (STS_VERSION, STS_NAMESPACE, "InternalFailure"),
+}
+
+
+async def serve_query(
+    service: str,
+    params: Mapping[str, str],
+    request_id: str,
+    operations: Collection[str],
+    run: Callable[[str, dict[str, Any]], Awaitable[Mapping[str, Any] | None]],
+    log: logging.Logger,
+) -> tuple[int, bytes]:
+    """Serve one query-protocol request of *service* (``iam`` or ``sts``): ``(HTTP status,
+    XML body)``.
+
+    Checks ``Action`` (one of *operations*) and ``Version``, parses the parameters by the
+    model, and renders what ``run(action, args)`` returns. AwsErrors become error
+    documents; anything else is logged to *log* and answered as AWS's 500.
+    """
+    expected, namespace, failure = _SERVICES[service]
+    try:
+        action = params.get("Action", "")
+        version = params.get("Version", expected)
+        op = operation_model(service, action) if action in operations else None
+        if op is None or version != expected:
+            raise invalid_action(action, version)
+        result = await run(action, parse_input(op, params))
+        return 200, render_response(op, result, request_id, namespace)
+    except AwsError as exc:
+        return render_error(exc, request_id, namespace)
+    except Exception:
+        log.exception("%s %s failed", service.upper(), params.get("Action"))
+        return render_error(
+            AwsError(failure, "An internal error occurred.", 500), request_id, namespace
+        )

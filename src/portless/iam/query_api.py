@@ -18,16 +18,7 @@ from portless.aws.errors import AwsError
 from portless.iam.authorizer import AuthorizeFn, access_denied_error
 from portless.iam.context import ContextValue
 from portless.iam.principal import Principal, account_of
-from portless.iam.query import (
-    IAM_NAMESPACE,
-    IAM_VERSION,
-    invalid_action,
-    operation_model,
-    parse_input,
-    render_error,
-    render_response,
-    validation_failure,
-)
+from portless.iam.query import serve_query, validation_failure
 from portless.iam.service import IamService, PolicyInfo, path_of
 from portless.store import AccessKey, Store, User
 from portless.store.iam import Group
@@ -518,24 +509,10 @@ async def handle_iam(
     (:meth:`portless.iam.authorizer.Authorizer.bind`). *account_id* defaults to the
     caller's ARN's account. The response content type is ``text/xml``.
     """
-    try:
-        action = params.get("Action", "")
-        version = params.get("Version", IAM_VERSION)
-        handler = IAM_OPERATIONS.get(action)
-        op = operation_model("iam", action) if handler is not None else None
-        if handler is None or op is None or version != IAM_VERSION:
-            raise invalid_action(action, version)
-        args = parse_input(op, params)
+
+
+    async def run(action: str, args: dict[str, Any]) -> dict[str, Any] | None:
         service = IamService(store, account_id or account_of(caller.arn))
-        call = _Call(service, caller, args, authorize)
-        result = await handler(call)
-        return 200, render_response(op, result, request_id, IAM_NAMESPACE)
-    except AwsError as exc:
-        return render_error(exc, request_id, IAM_NAMESPACE)
-    except Exception:
-        log.exception("IAM %s failed", params.get("Action"))
-        return render_error(
-            AwsError("ServiceFailure", "An internal error occurred.", 500),
-            request_id,
-            IAM_NAMESPACE,
-        )
+        return await IAM_OPERATIONS[action](_Call(service, caller, args, authorize))
+
+    return await serve_query("iam", params, request_id, IAM_OPERATIONS, run, log)

@@ -20,15 +20,7 @@ from typing import Any
 from portless.aws.errors import AwsError
 from portless.iam.authorizer import AuthorizeFn
 from portless.iam.principal import Principal, account_of
-from portless.iam.query import (
-    STS_NAMESPACE,
-    STS_VERSION,
-    invalid_action,
-    operation_model,
-    parse_input,
-    render_error,
-    render_response,
-)
+from portless.iam.query import serve_query
 from portless.iam.service import IamService
 from portless.store import Store
 
@@ -126,23 +118,10 @@ async def handle_sts(
 
     Same contract as :func:`portless.iam.query_api.handle_iam` (SigV4 service ``sts``).
     """
-    try:
-        action = params.get("Action", "")
-        version = params.get("Version", STS_VERSION)
-        handler = _OPERATIONS.get(action)
-        op = operation_model("sts", action) if handler is not None else None
-        if handler is None or op is None or version != STS_VERSION:
-            raise invalid_action(action, version)
-        args = parse_input(op, params)
+
+
+    async def run(action: str, args: dict[str, Any]) -> dict[str, Any]:
         account = account_id or account_of(caller.arn)
-        result = await handler(store, caller, args, account, authorize)
-        return 200, render_response(op, result, request_id, STS_NAMESPACE)
-    except AwsError as exc:
-        return render_error(exc, request_id, STS_NAMESPACE)
-    except Exception:
-        log.exception("STS %s failed", params.get("Action"))
-        return render_error(
-            AwsError("InternalFailure", "An internal error occurred.", 500),
-            request_id,
-            STS_NAMESPACE,
-        )
+        return await _OPERATIONS[action](store, caller, args, account, authorize)
+
+    return await serve_query("sts", params, request_id, _OPERATIONS, run, log)

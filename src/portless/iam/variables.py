@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from portless.iam.wildcards import Element, Wild
+from portless.iam.wildcards import Element, glob_elements
 
 __all__ = [
     "Literal",
@@ -114,16 +114,7 @@ def as_glob(pieces: tuple[Text | Literal, ...], *, fold_case: bool = False) -> l
     out: list[Element] = []
     for piece in pieces:
         value = piece.value.lower() if fold_case else piece.value
-        if isinstance(piece, Literal):
-            out.extend(value)
-            continue
-        for ch in value:
-            if ch == "*":
-                out.append(Wild.STAR)
-            elif ch == "?":
-                out.append(Wild.QMARK)
-            else:
-                out.append(ch)
+        out.extend(value if isinstance(piece, Literal) else glob_elements(value))
     return out
 
 

@@ -173,6 +173,17 @@ def encode(msg: Message, *, digest: bool = True) -> bytes:
     return header + payload
 
 
+def _message_type(raw: bytes) -> str:
+    """The MessageType field as text: NUL and space padding removed, ASCII and not empty."""
+    try:
+        mtype = raw.strip(b"\x00").decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise BadMessageType("MessageType is not ASCII") from None
+    if not mtype:
+        raise BadMessageType("MessageType is empty")
+    return mtype
+
+
 def decode(frame: bytes | bytearray | memoryview, *, verify_digest: bool = True,
            strict: bool = True) -> Message:
     """Parse one frame, checking what the plugin checks (client spec §4.4) and more.
@@ -190,12 +201,7 @@ def decode(frame: bytes | bytearray | memoryview, *, verify_digest: bool = True,
         # The plugin slices the payload at HeaderLength+4; any other value either
         # corrupts the payload or panics its reader, so refuse it outright.
         raise BadHeaderLength(f"HeaderLength is {hlen}, expected {HEADER_LENGTH}")
-    try:
-        mtype = raw_type.strip(b"\x00").decode("ascii").strip()
-    except UnicodeDecodeError:
-        raise BadMessageType("MessageType is not ASCII") from None
-    if not mtype:
-        raise BadMessageType("MessageType is empty")
+    mtype = _message_type(raw_type)
     if created == 0:
         raise BadCreatedDate("CreatedDate is zero")
     payload = data[FRAME_OVERHEAD:]
@@ -232,10 +238,5 @@ def peek_header(frame: bytes | bytearray | memoryview) -> tuple[str, int, int]:
             f"PayloadLength says {plen} bytes but the frame carries {len(frame) - FRAME_OVERHEAD}")
     if created == 0:
         raise BadCreatedDate("CreatedDate is zero")
-    try:
-        mtype = raw_type.strip(b"\x00").decode("ascii").strip()
-    except UnicodeDecodeError:
-        raise BadMessageType("MessageType is not ASCII") from None
-    if not mtype:
-        raise BadMessageType("MessageType is empty")
+    mtype = _message_type(raw_type)
     return mtype, seq, ptype

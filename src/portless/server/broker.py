@@ -234,10 +234,7 @@ class Broker:
         log.info("session %s: %s data channel attached", relay.session_id, side.name.lower())
         try:
             if await self._flush(relay, peer):
-                if side is Side.CLIENT:
-                    await self._pump_client(relay, peer)
-                else:
-                    await self._pump_agent(relay, peer)
+                await self._pump(relay, peer)
         finally:
             if relay.peers[side] is peer:
                 relay.peers[side] = None
@@ -300,11 +297,19 @@ class Broker:
 
     # ================================================================ pumps
 
-    async def _pump_client(self, relay: Relay, peer: Peer) -> None:
+    async def _pump(self, relay: Relay, peer: Peer) -> None:
+        """Relay `peer`'s frames to the other side until its WebSocket closes.
+
+        One loop serves both sides (the receive, peek and reject steps are the
+        same); the per-type branches check the side with a local bool so the hot
+        path adds no call or await per frame.
+        """
         ws = peer.ws
         recorder = relay.recorder
         shell = relay.info.shell
-        agent = Side.AGENT
+        from_client = peer.side is Side.CLIENT
+        dst = peer.side.other
+        name = peer.side.name.lower()
         while True:
             msg = await ws.receive()
             if msg.type is WSMsgType.BINARY:
@@ -313,7 +318,7 @@ class Broker:
                 continue
             else:
                 if msg.type is WSMsgType.ERROR:
-                    log.info("session %s: client channel error: %s", relay.session_id,
+                    log.info("session %s: %s channel error: %s", relay.session_id, name,
                              ws.exception())
                 return
             try:
@@ -321,7 +326,15 @@ class Broker:
             except MessageError as exc:
                 await self._reject(relay, peer, exc)
                 return
-            if mtype == _INPUT:
+            if mtype == _OUTPUT and not from_client:
+                relay.last_activity = time.monotonic()
+                if ptype in (_PT_OUTPUT, _PT_STDERR):
+                    if shell:
+                        recorder.output(seq, data[FRAME_OVERHEAD:])
+                    else:
+                        recorder.count_output(seq, len(data) - FRAME_OVERHEAD)
+                await self._forward(relay, dst, data)
+            elif mtype == _INPUT and from_client:
                 relay.last_activity = time.monotonic()
                 terminate = False
                 if ptype == _PT_OUTPUT:
@@ -331,50 +344,16 @@ class Broker:
                         _record_size(recorder, seq, data)
                 elif ptype == _PT_FLAG:
                     terminate = data[FRAME_OVERHEAD:] == _TERMINATE_FLAG
-                await self._forward(relay, agent, data)
+                await self._forward(relay, dst, data)
                 if terminate:
                     log.info("session %s: client sent TerminateSession", relay.session_id)
                     self._spawn(self.end(relay, "Terminated", cancel_agent=True))
             elif mtype == _ACK:
-                await self._forward(relay, agent, data)
-            else:
-                log.debug("session %s: ignoring %s from the client", relay.session_id, mtype)
-
-    async def _pump_agent(self, relay: Relay, peer: Peer) -> None:
-        ws = peer.ws
-        recorder = relay.recorder
-        shell = relay.info.shell
-        client = Side.CLIENT
-        while True:
-            msg = await ws.receive()
-            if msg.type is WSMsgType.BINARY:
-                data: bytes = msg.data
-            elif msg.type is WSMsgType.TEXT:
-                continue
-            else:
-                if msg.type is WSMsgType.ERROR:
-                    log.info("session %s: agent channel error: %s", relay.session_id,
-                             ws.exception())
-                return
-            try:
-                mtype, seq, ptype = peek_header(data)
-            except MessageError as exc:
-                await self._reject(relay, peer, exc)
-                return
-            if mtype == _OUTPUT:
-                relay.last_activity = time.monotonic()
-                if ptype in (_PT_OUTPUT, _PT_STDERR):
-                    if shell:
-                        recorder.output(seq, data[FRAME_OVERHEAD:])
-                    else:
-                        recorder.count_output(seq, len(data) - FRAME_OVERHEAD)
-                await self._forward(relay, client, data)
-            elif mtype == _ACK:
-                await self._forward(relay, client, data)
-            elif mtype == _STATE:
+                await self._forward(relay, dst, data)
+            elif mtype == _STATE and not from_client:
                 self._agent_state(relay, data)
             else:
-                log.debug("session %s: ignoring %s from the agent", relay.session_id, mtype)
+                log.debug("session %s: ignoring %s from the %s", relay.session_id, mtype, name)
 
     def _agent_state(self, relay: Relay, data: bytes) -> None:
         try:

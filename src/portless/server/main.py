@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import signal
@@ -13,6 +12,7 @@ import sys
 from pathlib import Path
 
 from portless import eventloop
+from portless.loopback import is_loopback
 from portless.server.config import ServerConfig, default_data_dir
 from portless.server.tls import TlsFiles, ensure_auto_tls
 
@@ -37,15 +37,6 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise UsageError(f"--listen: port {port} out of range")
     return host, port
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 from xml.sax.saxutils import escape
 
 from aiohttp import WSMsgType, web
@@ -36,6 +36,12 @@ SERVICE = frozenset({"ssmmessages"})
 FIRST_FRAME_TIMEOUT = 30.0
 TERMINATED_TEXT = "Session is already terminated"
 NOT_THE_NODE = "only the node itself may open its channels"
+BAD_TOKEN = "invalid, expired or already used token"
+
+T = TypeVar("T")
+ChannelServer = Callable[
+    [ServerContext, web.Request, web.WebSocketResponse, Caller | None, str], Awaitable[None]
+]
 
 
 def _token_xml(root: str, token: str) -> web.Response:
@@ -138,8 +144,41 @@ async def _first_text(ws: web.WebSocketResponse) -> str | None:
     return None
 
 
+async def _opening(ws: web.WebSocketResponse, parse: Callable[[str], T], name: str) -> T | None:
+    """The channel's opening frame parsed by `parse`, or None once the socket is refused."""
+    text = await _first_text(ws)
+    if text is None:
+        await _refuse(ws, f"expected {name}")
+        return None
+    try:
+        return parse(text)
+    except ValueError as exc:
+        await _refuse(ws, f"bad {name}: {exc}")
+        return None
+
+
 async def _refuse(ws: web.WebSocketResponse, reason: str) -> None:
     await close_quietly(ws, CLOSE_POLICY, reason.encode()[:120])
+
+
+async def _deny(ctx: ServerContext, ws: web.WebSocketResponse, caller: Caller | None,
+                action: str, arn: str, audit: dict[str, Any], reason: str,
+                told: str | None = None) -> None:
+    """Audit a denied channel open with `reason` and refuse the socket, telling the peer
+    `told` (default: the same reason)."""
+    ctx.authorizer.record(caller, action, arn, False, reason, audit)
+    await _refuse(ws, reason if told is None else told)
+
+
+async def _authorized(ctx: ServerContext, ws: web.WebSocketResponse, caller: Caller,
+                      action: str, arn: str, audit: dict[str, Any]) -> bool:
+    """Whether the policies allow `action` (audited by the authorizer); refuses if not."""
+    try:
+        await ctx.authorizer.authorize(caller, action, arn, audit)
+    except AwsError as exc:
+        await _refuse(ws, exc.message)
+        return False
+    return True
 
 
 async def _optional_caller(ctx: ServerContext, request: web.Request,
@@ -149,12 +188,17 @@ async def _optional_caller(ctx: ServerContext, request: web.Request,
     return await _authenticate(ctx, request, b"", action)
 
 
-async def _serve_upgraded(request: web.Request, ws: web.WebSocketResponse,
-                          serving: Awaitable[None]) -> web.WebSocketResponse:
-    """Run `serving` on the upgraded socket: an error can no longer be an HTTP answer, so
+async def _channel_ws(request: web.Request, action: str,
+                      serve: ChannelServer) -> web.WebSocketResponse:
+    """Check a signed GET before the upgrade (a bad signature is still an HTTP error), then
+    run `serve` on the upgraded socket: an error there can no longer be an HTTP answer, so
     it is logged and the socket closed with 1011."""
+    ctx = request.app[CONTEXT]
+    caller = await _optional_caller(ctx, request, action)
+    ws = _new_ws(ctx)
+    await ws.prepare(request)
     try:
-        await serving
+        await serve(ctx, request, ws, caller, action)
     except Exception:
         log.exception("%s %s failed after the WebSocket upgrade", request.method, request.path)
         await close_quietly(ws, CLOSE_INTERNAL_ERROR, b"internal error")
@@ -162,91 +206,63 @@ async def _serve_upgraded(request: web.Request, ws: web.WebSocketResponse,
 
 
 async def control_channel_ws(request: web.Request) -> web.StreamResponse:
-    ctx = request.app[CONTEXT]
-    action = "ssmmessages:OpenControlChannel"
-    caller = await _optional_caller(ctx, request, action)
-    ws = _new_ws(ctx)
-    await ws.prepare(request)
-    return await _serve_upgraded(request, ws, _control_channel(ctx, request, ws, caller, action))
+    return await _channel_ws(request, "ssmmessages:OpenControlChannel", _control_channel)
 
 
 async def _control_channel(ctx: ServerContext, request: web.Request, ws: web.WebSocketResponse,
                            caller: Caller | None, action: str) -> None:
     instance_id = request.match_info["instance_id"]
-    text = await _first_text(ws)
-    if text is None:
-        return await _refuse(ws, "expected OpenControlChannel")
-    try:
-        opened = OpenControlChannel.from_json(text)
-    except ValueError as exc:
-        return await _refuse(ws, f"bad OpenControlChannel: {exc}")
+    opened = await _opening(ws, OpenControlChannel.from_json, "OpenControlChannel")
+    if opened is None:
+        return
     arn = instance_arn(ctx, instance_id)
     audit = audit_context(request, instance_id=instance_id)
     if not _is_node(caller, instance_id):
         reason = NOT_THE_NODE if caller is not None else "control channel without SigV4"
-        ctx.authorizer.record(caller, action, arn, False, reason, audit)
-        return await _refuse(ws, reason)
+        return await _deny(ctx, ws, caller, action, arn, audit, reason)
     assert caller is not None
     token = await ctx.store.consume_channel_token(opened.token, kind="control")
     if token is None or token.subject != instance_id:
-        ctx.authorizer.record(caller, action, arn, False, "invalid, expired or used token",
-                              audit)
-        return await _refuse(ws, "invalid, expired or already used token")
-    try:
-        await ctx.authorizer.authorize(caller, action, arn, audit)
-    except AwsError as exc:
-        return await _refuse(ws, exc.message)
-    await ctx.control.serve(instance_id, ws, request, opened)
+        return await _deny(ctx, ws, caller, action, arn, audit,
+                           "invalid, expired or used token", BAD_TOKEN)
+    if await _authorized(ctx, ws, caller, action, arn, audit):
+        await ctx.control.serve(instance_id, ws, request, opened)
 
 
 async def data_channel_ws(request: web.Request) -> web.StreamResponse:
-    ctx = request.app[CONTEXT]
-    action = "ssmmessages:OpenDataChannel"
-    caller = await _optional_caller(ctx, request, action)
-    ws = _new_ws(ctx)
-    await ws.prepare(request)
-    return await _serve_upgraded(request, ws, _data_channel(ctx, request, ws, caller, action))
+    return await _channel_ws(request, "ssmmessages:OpenDataChannel", _data_channel)
 
 
 async def _data_channel(ctx: ServerContext, request: web.Request, ws: web.WebSocketResponse,
                         caller: Caller | None, action: str) -> None:
     session_id = request.match_info["session_id"]
-    text = await _first_text(ws)
-    if text is None:
-        return await _refuse(ws, "expected OpenDataChannel")
-    try:
-        opened = OpenDataChannel.from_json(text)
-    except ValueError as exc:
-        return await _refuse(ws, f"bad OpenDataChannel: {exc}")
+    opened = await _opening(ws, OpenDataChannel.from_json, "OpenDataChannel")
+    if opened is None:
+        return
     is_agent = opened.client_instance_id is not None
     side = Side.AGENT if is_agent else Side.CLIENT
     arn = str(session_arn(ctx.region, ctx.account_id, session_id))
     audit = audit_context(request, session_id=session_id, side=side.name.lower())
     if is_agent and caller is None:
-        ctx.authorizer.record(None, action, arn, False, "agent side without SigV4", audit)
-        return await _refuse(ws, "the agent's data channel must be SigV4-signed")
+        return await _deny(ctx, ws, None, action, arn, audit, "agent side without SigV4",
+                           "the agent's data channel must be SigV4-signed")
     token = await ctx.store.consume_channel_token(
         opened.token, kind="data_agent" if is_agent else "data_client")
     if token is None or token.subject != session_id:
-        ctx.authorizer.record(caller, action, arn, False, "invalid, expired or used token",
-                              audit)
-        return await _refuse(ws, "invalid, expired or already used token")
+        return await _deny(ctx, ws, caller, action, arn, audit,
+                           "invalid, expired or used token", BAD_TOKEN)
     relay = ctx.broker.get(session_id)
     if is_agent:
         assert caller is not None
         instance_id = token.instance_id or ""
         audit["instance_id"] = instance_id
         if not _is_node(caller, instance_id):
-            ctx.authorizer.record(caller, action, arn, False, NOT_THE_NODE, audit)
-            return await _refuse(ws, NOT_THE_NODE)
+            return await _deny(ctx, ws, caller, action, arn, audit, NOT_THE_NODE)
         if opened.client_instance_id != instance_id:
-            ctx.authorizer.record(caller, action, arn, False, "ClientInstanceId mismatch",
-                                  audit)
-            return await _refuse(ws, "ClientInstanceId does not match the session's target")
-        try:
-            await ctx.authorizer.authorize(caller, action, arn, audit)
-        except AwsError as exc:
-            return await _refuse(ws, exc.message)
+            return await _deny(ctx, ws, caller, action, arn, audit, "ClientInstanceId mismatch",
+                               "ClientInstanceId does not match the session's target")
+        if not await _authorized(ctx, ws, caller, action, arn, audit):
+            return
     else:
         owner = relay.info.owner_arn if relay is not None else f"token-bearer:{session_id}"
         who = caller or Caller("user", owner.rsplit("/", 1)[-1], owner)

@@ -60,6 +60,16 @@ def stream_url(call: Call, session_id: str) -> str:
            "?role=publish_subscribe"
 
 
+async def _client_channel(call: Call, session_id: str, target: str) -> dict[str, Any]:
+    """StartSession's and ResumeSession's answer: a fresh single-use token for the client's
+    data channel of `session_id` and the URL to open it at."""
+    ctx = call.ctx
+    token = await ctx.store.issue_channel_token("data_client", session_id, instance_id=target,
+                                                ttl=ctx.config.channel_token_ttl)
+    return {"SessionId": session_id, "TokenValue": token,
+            "StreamUrl": stream_url(call, session_id)}
+
+
 def _arn(ctx: ServerContext, session_id: str) -> str:
     return str(session_arn(ctx.region, ctx.account_id, session_id))
 
@@ -153,11 +163,9 @@ async def start_session(call: Call) -> dict[str, Any]:
     if not sent:
         await ctx.broker.end(relay, "Failed", f"{target} is not connected.", cancel_agent=False)
         raise not_connected(target)
-    token = await ctx.store.issue_channel_token("data_client", session_id, instance_id=target,
-                                                ttl=ctx.config.channel_token_ttl)
+    answer = await _client_channel(call, session_id, target)
     log.info("session %s started by %s on %s (%s)", session_id, call.caller.name, target, name)
-    return {"SessionId": session_id, "TokenValue": token,
-            "StreamUrl": stream_url(call, session_id)}
+    return answer
 
 
 @operation("ResumeSession")
@@ -169,11 +177,7 @@ async def resume_session(call: Call) -> dict[str, Any]:
     if relay is None or relay.ended:
         raise AwsError("DoesNotExistException",
                        f"Session with id {session_id} does not exist or is not active.")
-    token = await ctx.store.issue_channel_token("data_client", session_id,
-                                                instance_id=relay.info.instance_id,
-                                                ttl=ctx.config.channel_token_ttl)
-    return {"SessionId": session_id, "TokenValue": token,
-            "StreamUrl": stream_url(call, session_id)}
+    return await _client_channel(call, session_id, relay.info.instance_id)
 
 
 @operation("TerminateSession")

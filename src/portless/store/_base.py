@@ -6,22 +6,29 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import json
-from collections.abc import AsyncIterator, Mapping
-from typing import Any, TypeAlias
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
-from sqlalchemy import Connection, Row, event
+from sqlalchemy import Column, Connection, Row, Select, event, select, update
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from portless.store.records import AlreadyExistsError, InvalidNextTokenError, StoreError
+from portless.store.records import AlreadyExistsError, InvalidNextTokenError, Page, StoreError
 from portless.store.secretbox import SecretBox
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 AnyRow: TypeAlias = Row[*tuple[Any, ...]]
+AnySelect: TypeAlias = Select[*tuple[Any, ...]]
+T = TypeVar("T")
+R = TypeVar("R", bound="DataclassInstance")
 _WRITE_OPTION = "portless_write"
 
 
@@ -99,6 +106,40 @@ class StoreBase:
             except IntegrityError as exc:
                 raise AlreadyExistsError(str(exc.orig)) from exc
 
+    async def _get_by_key(
+        self, column: Column[Any], key: object, mapper: Callable[[AnyRow], T]
+    ) -> T | None:
+        """The row of *column*'s table whose *column* equals *key*, mapped; None if absent."""
+        async with self._read() as conn:
+            row = (await conn.execute(select(column.table).where(column == key))).first()
+        return mapper(row) if row else None
+
+    async def _update_by_key(
+        self, column: Column[Any], key: object, values: Mapping[str, Any]
+    ) -> bool:
+        """Set *values* on the row of *column*'s table whose *column* equals *key*;
+        whether a row matched."""
+        async with self._write() as conn:
+            res = await conn.execute(update(column.table).where(column == key).values(**values))
+        return res.rowcount > 0
+
+    async def _page(
+        self,
+        query: AnySelect,
+        limit: int,
+        mapper: Callable[[AnyRow], T],
+        kind: str,
+        key: Callable[[T], list[Any]],
+    ) -> Page[T]:
+        """One page of a keyset-paginated list: run *query* (already ordered and filtered
+        past the previous token) for up to *limit* items, with a token of kind *kind*
+        holding *key* of the last item when more rows follow."""
+        async with self._read() as conn:
+            rows = (await conn.execute(query.limit(limit + 1))).all()
+        items = [mapper(r) for r in rows[:limit]]
+        token = encode_token(kind, key(items[-1])) if len(rows) > limit else None
+        return Page(items, token)
+
 
 # --------------------------------------------------------------------------- helpers
 
@@ -106,6 +147,28 @@ class StoreBase:
 def dumps(value: object) -> str:
     """Canonical compact JSON (sorted keys) for JSON text columns and hashing."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def row_mapper(cls: type[R], *, json_dicts: tuple[str, ...] = ()) -> Callable[[AnyRow], R]:
+    """A row -> *cls* converter for a dataclass whose fields are columns of the same
+    names; the *json_dicts* fields are JSON object text in the table (see `loads_dict`)."""
+    names = tuple(f.name for f in dataclasses.fields(cls))
+
+    def convert(row: AnyRow) -> R:
+        m = row._mapping
+        values = {f: m[f] for f in names}
+        for f in json_dicts:
+            values[f] = loads_dict(values[f])
+        return cls(**values)
+
+    return convert
+
+
+def record_values(record: DataclassInstance, **overrides: Any) -> dict[str, Any]:
+    """A dataclass record's fields as column values (shallow), with *overrides* applied."""
+    values = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    values.update(overrides)
+    return values
 
 
 def loads_dict(text: str | None) -> dict[str, Any]:

@@ -8,6 +8,7 @@ several writers (connections or server replicas).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Mapping
@@ -16,7 +17,7 @@ from typing import Any, cast
 from sqlalchemy import select, update
 
 from portless.store import schema as s
-from portless.store._base import AnyRow, StoreBase, dumps, loads_dict
+from portless.store._base import AnyRow, StoreBase, dumps, loads_dict, record_values
 from portless.store.records import GENESIS_HASH, AuditEvent, Decision
 
 _VERIFY_BATCH = 1000
@@ -94,27 +95,14 @@ class AuditMixin(StoreBase):
                 details=loads_dict(detail_text),
                 prev_hash=head.last_hash,
             )
-            digest = event_hash(ev)
+            ev = dataclasses.replace(ev, hash=event_hash(ev))
             await conn.execute(
-                s.audit_events.insert().values(
-                    id=ev.id,
-                    time=ev.time,
-                    actor_arn=actor_arn,
-                    action=action,
-                    resource=resource,
-                    decision=decision,
-                    reason=reason,
-                    request_id=request_id,
-                    source_ip=source_ip,
-                    details=detail_text,
-                    prev_hash=ev.prev_hash,
-                    hash=digest,
-                )
+                s.audit_events.insert().values(**record_values(ev, details=detail_text))
             )
-            await conn.execute(update(h).where(h.c.id == 1).values(last_id=ev.id, last_hash=digest))
-        return AuditEvent(
-            **{**{f: getattr(ev, f) for f in AuditEvent.__dataclass_fields__}, "hash": digest}
-        )
+            await conn.execute(
+                update(h).where(h.c.id == 1).values(last_id=ev.id, last_hash=ev.hash)
+            )
+        return ev
 
     async def list_audit_events(
         self,

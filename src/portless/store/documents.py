@@ -13,13 +13,12 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from portless.store import schema as s
 from portless.store._base import (
-    AnyRow,
     StoreBase,
     clamp_limit,
     decode_token,
     dumps,
-    encode_token,
-    loads_dict,
+    record_values,
+    row_mapper,
 )
 from portless.store.records import (
     AlreadyExistsError,
@@ -35,31 +34,8 @@ VersionSelector = int | str | None
 """``None``/``"$DEFAULT"`` = default version, ``"$LATEST"`` = latest, or a number."""
 
 
-def _doc(row: AnyRow) -> Document:
-    return Document(
-        name=row.name,
-        document_type=row.document_type,
-        document_format=row.document_format,
-        owner=row.owner,
-        created_date=row.created_date,
-        default_version=row.default_version,
-        latest_version=row.latest_version,
-        display_name=row.display_name,
-        target_type=row.target_type,
-        tags=loads_dict(row.tags),
-    )
-
-
-def _ver(row: AnyRow) -> DocumentVersion:
-    return DocumentVersion(
-        name=row.name,
-        version=row.version,
-        content=row.content,
-        document_format=row.document_format,
-        content_hash=row.content_hash,
-        version_name=row.version_name,
-        created_date=row.created_date,
-    )
+_doc = row_mapper(Document, json_dicts=("tags",))
+_ver = row_mapper(DocumentVersion)
 
 
 def _content_hash(content: str) -> str:
@@ -122,14 +98,10 @@ class DocumentsMixin(StoreBase):
             ).first()
             if exists is not None:
                 raise AlreadyExistsError(name)
-            values = {f: getattr(doc, f) for f in Document.__dataclass_fields__}
-            values["tags"] = dumps(doc.tags)
-            await conn.execute(s.documents.insert().values(**values))
             await conn.execute(
-                s.document_versions.insert().values(
-                    **{f: getattr(ver, f) for f in DocumentVersion.__dataclass_fields__}
-                )
+                s.documents.insert().values(**record_values(doc, tags=dumps(doc.tags)))
             )
+            await conn.execute(s.document_versions.insert().values(**record_values(ver)))
         return doc, ver
 
     async def add_document_version(
@@ -167,11 +139,7 @@ class DocumentsMixin(StoreBase):
                 version_name=version_name,
                 created_date=created,
             )
-            await conn.execute(
-                v.insert().values(
-                    **{f: getattr(ver, f) for f in DocumentVersion.__dataclass_fields__}
-                )
-            )
+            await conn.execute(v.insert().values(**record_values(ver)))
             doc_values: dict[str, Any] = {"latest_version": ver.version}
             if display_name is not None:
                 doc_values["display_name"] = display_name
@@ -262,12 +230,8 @@ class DocumentsMixin(StoreBase):
         if next_token:
             (last,) = decode_token(next_token, "doc", (str,))
             conds.append(t.c.name > last)
-        q = select(t).where(*conds).order_by(t.c.name).limit(limit + 1)
-        async with self._read() as conn:
-            rows = (await conn.execute(q)).all()
-        items = [_doc(r) for r in rows[:limit]]
-        token = encode_token("doc", [items[-1].name]) if len(rows) > limit else None
-        return Page(items, token)
+        q = select(t).where(*conds).order_by(t.c.name)
+        return await self._page(q, limit, _doc, "doc", lambda d: [d.name])
 
     async def delete_document(self, name: str, version: int | None = None) -> bool:
         """Delete the whole document, or one version. The default version cannot be

@@ -24,17 +24,22 @@ from sqlalchemy import Table, and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from portless.store import schema as s
-from portless.store._base import AnyRow, StoreBase, dumps, loads_dict
-from portless.store.identity import _cred_context
+from portless.store._base import (
+    AnyRow,
+    AnySelect,
+    StoreBase,
+    dumps,
+    loads_dict,
+    record_values,
+    row_mapper,
+)
+from portless.store.identity import _user, insert_credential
 from portless.store.records import (
     AlreadyExistsError,
     InvalidOperationError,
     IssuedCredential,
     NotFoundError,
     User,
-    generate_access_key_id,
-    generate_secret_access_key,
-    sha256_hex,
 )
 
 __all__ = [
@@ -187,24 +192,7 @@ class RoleAuthorization:
 # --------------------------------------------------------------------------- row mappers
 
 
-def _group(row: AnyRow) -> Group:
-    return Group(
-        group_id=row.group_id,
-        name=row.name,
-        path=row.path,
-        arn=row.arn,
-        created_date=row.created_date,
-    )
-
-
-def _user(row: AnyRow) -> User:
-    return User(
-        user_id=row.user_id,
-        name=row.name,
-        arn=row.arn,
-        created_date=row.created_date,
-        tags=loads_dict(row.tags),
-    )
+_group = row_mapper(Group)
 
 
 def _mfa(row: AnyRow, user_name: str | None) -> MfaDevice:
@@ -275,15 +263,7 @@ class IamMixin(StoreBase):
             created_date=time.time() if now is None else now,
         )
         async with self._write() as conn:
-            await conn.execute(
-                s.iam_groups.insert().values(
-                    group_id=group.group_id,
-                    name=group.name,
-                    path=group.path,
-                    arn=group.arn,
-                    created_date=group.created_date,
-                )
-            )
+            await conn.execute(s.iam_groups.insert().values(**record_values(group)))
         return group
 
     async def get_group(self, name: str) -> Group | None:
@@ -343,20 +323,24 @@ class IamMixin(StoreBase):
             res = await conn.execute(delete(m).where(m.c.group_id == gid, m.c.user_id == uid))
         return res.rowcount > 0
 
+    @staticmethod
+    async def _groups_of(conn: AsyncConnection, user_id: str) -> list[Group]:
+        """The groups the user with *user_id* belongs to, by name."""
+        g, m = s.iam_groups, s.iam_group_members
+        rows = (
+            await conn.execute(
+                select(g)
+                .join(m, m.c.group_id == g.c.group_id)
+                .where(m.c.user_id == user_id)
+                .order_by(g.c.name)
+            )
+        ).all()
+        return [_group(r) for r in rows]
+
     async def list_groups_for_user(self, user_name: str) -> list[Group]:
         """The user's groups by name; NotFoundError if the user does not exist."""
-        g, m = s.iam_groups, s.iam_group_members
         async with self._read() as conn:
-            uid = await self._principal_key(conn, "user", user_name)
-            rows = (
-                await conn.execute(
-                    select(g)
-                    .join(m, m.c.group_id == g.c.group_id)
-                    .where(m.c.user_id == uid)
-                    .order_by(g.c.name)
-                )
-            ).all()
-        return [_group(r) for r in rows]
+            return await self._groups_of(conn, await self._principal_key(conn, "user", user_name))
 
     async def list_group_members(self, group_name: str) -> list[User]:
         """The group's users by name; NotFoundError if the group does not exist."""
@@ -545,13 +529,16 @@ class IamMixin(StoreBase):
             total += int(n or 0)
         return total
 
-    async def _policy_row(self, conn: AsyncConnection, arn: str) -> AnyRow | None:
+    @staticmethod
+    def _policies_with_document() -> AnySelect:
+        """Customer managed policies joined with their default version's document."""
         p, v = s.iam_policies, s.iam_policy_versions
-        q = (
-            select(p, v.c.document)
-            .join(v, and_(v.c.policy_id == p.c.policy_id, v.c.version_id == p.c.default_version_id))
-            .where(p.c.arn == arn)
+        return select(p, v.c.document).join(
+            v, and_(v.c.policy_id == p.c.policy_id, v.c.version_id == p.c.default_version_id)
         )
+
+    async def _policy_row(self, conn: AsyncConnection, arn: str) -> AnyRow | None:
+        q = self._policies_with_document().where(s.iam_policies.c.arn == arn)
         return (await conn.execute(q)).first()
 
     async def _customer_policy(self, conn: AsyncConnection, row: AnyRow) -> CustomerPolicy:
@@ -577,12 +564,7 @@ class IamMixin(StoreBase):
 
     async def list_policies(self) -> list[CustomerPolicy]:
         """Every customer managed policy, by name."""
-        p, v = s.iam_policies, s.iam_policy_versions
-        q = (
-            select(p, v.c.document)
-            .join(v, and_(v.c.policy_id == p.c.policy_id, v.c.version_id == p.c.default_version_id))
-            .order_by(p.c.name)
-        )
+        q = self._policies_with_document().order_by(s.iam_policies.c.name)
         async with self._read() as conn:
             rows = (await conn.execute(q)).all()
             return [await self._customer_policy(conn, r) for r in rows]
@@ -846,24 +828,13 @@ class IamMixin(StoreBase):
     async def load_user_authorization(self, user_name: str) -> UserAuthorization | None:
         """The user, their groups and every policy that applies (user's first, then each
         group's), read in one transaction; None if the user does not exist."""
-        g, m = s.iam_groups, s.iam_group_members
         async with self._read() as conn:
             row = (await conn.execute(select(s.users).where(s.users.c.name == user_name))).first()
             if row is None:
                 return None
             user = _user(row)
             sources = await self._sources(conn, "user", user.user_id, f"user/{user.name}")
-            groups = [
-                _group(r)
-                for r in (
-                    await conn.execute(
-                        select(g)
-                        .join(m, m.c.group_id == g.c.group_id)
-                        .where(m.c.user_id == user.user_id)
-                        .order_by(g.c.name)
-                    )
-                ).all()
-            ]
+            groups = await self._groups_of(conn, user.user_id)
             for group in groups:
                 sources.extend(
                     await self._sources(conn, "group", group.group_id, f"group/{group.name}")
@@ -1021,41 +992,26 @@ class IamMixin(StoreBase):
         """Issue temporary credentials for a user (GetSessionToken), recording MFA presence
         and time in the same transaction. The record carries the raw session token."""
         when = time.time() if now is None else now
-        akid = generate_access_key_id("ASIA")
-        secret = generate_secret_access_key()
-        token = secrets.token_urlsafe(96)
         async with self._write() as conn:
-            await conn.execute(
-                s.issued_credentials.insert().values(
-                    access_key_id=akid,
-                    secret_enc=self._box.encrypt(secret, context=_cred_context(akid)),
-                    session_token_hash=sha256_hex(token),
-                    principal_type="user",
-                    principal_id=user_name,
-                    expiration=when + ttl,
-                    created_date=when,
-                )
+            cred = await insert_credential(
+                conn,
+                self._box,
+                principal_type="user",
+                principal_id=user_name,
+                expiration=when + ttl,
+                created=when,
             )
             if mfa_serial is not None:
                 await conn.execute(
                     s.iam_credential_mfa.insert().values(
-                        access_key_id=akid,
+                        access_key_id=cred.access_key_id,
                         mfa_serial=mfa_serial,
                         authenticated_at=when
                         if mfa_authenticated_at is None
                         else mfa_authenticated_at,
                     )
                 )
-        return IssuedCredential(
-            access_key_id=akid,
-            secret_access_key=secret,
-            session_token_hash=sha256_hex(token),
-            principal_type="user",
-            principal_id=user_name,
-            expiration=when + ttl,
-            created_date=when,
-            session_token=token,
-        )
+        return cred
 
     async def get_credential_mfa(self, access_key_id: str) -> CredentialMfa | None:
         """The MFA facts of a temporary credential, or None (no MFA, or unknown)."""

@@ -11,7 +11,8 @@ import time
 from collections.abc import Mapping
 from typing import cast
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from portless.store import schema as s
 from portless.store._base import (
@@ -20,8 +21,8 @@ from portless.store._base import (
     clamp_limit,
     decode_token,
     dumps,
-    encode_token,
-    loads_dict,
+    record_values,
+    row_mapper,
 )
 from portless.store.records import (
     AccessKey,
@@ -37,6 +38,7 @@ from portless.store.records import (
     generate_user_id,
     sha256_hex,
 )
+from portless.store.secretbox import SecretBox
 
 
 def _cred_context(access_key_id: str) -> str:
@@ -47,14 +49,52 @@ def _key_context(access_key_id: str) -> str:
     return "access_key:" + access_key_id
 
 
-def _user(row: AnyRow) -> User:
-    return User(
-        user_id=row.user_id,
-        name=row.name,
-        arn=row.arn,
-        created_date=row.created_date,
-        tags=loads_dict(row.tags),
+_user = row_mapper(User, json_dicts=("tags",))
+
+
+async def insert_credential(
+    conn: AsyncConnection,
+    box: SecretBox,
+    *,
+    principal_type: PrincipalType,
+    principal_id: str,
+    expiration: float,
+    created: float,
+    access_key_id: str | None = None,
+    secret_access_key: str | None = None,
+    session_token: str | None = None,
+) -> IssuedCredential:
+    """Store temporary credentials in *conn*'s transaction (secret encrypted, token
+    hashed), generating the ``ASIA…`` id, secret and token where not given.
+
+    The returned record carries the raw session token, which is not kept. Shared by
+    plain issuing and GetSessionToken, which records MFA in the same transaction.
+    """
+    akid = access_key_id or generate_access_key_id("ASIA")
+    secret = secret_access_key or generate_secret_access_key()
+    token = session_token or secrets.token_urlsafe(96)
+    cred = IssuedCredential(
+        access_key_id=akid,
+        secret_access_key=secret,
+        session_token_hash=sha256_hex(token),
+        principal_type=principal_type,
+        principal_id=principal_id,
+        expiration=expiration,
+        created_date=created,
+        session_token=token,
     )
+    await conn.execute(
+        s.issued_credentials.insert().values(
+            access_key_id=akid,
+            secret_enc=box.encrypt(secret, context=_cred_context(akid)),
+            session_token_hash=cred.session_token_hash,
+            principal_type=principal_type,
+            principal_id=principal_id,
+            expiration=expiration,
+            created_date=created,
+        )
+    )
+    return cred
 
 
 def _access_key(row: AnyRow) -> AccessKey:
@@ -96,32 +136,18 @@ class IdentityMixin(StoreBase):
         now: float | None = None,
     ) -> IssuedCredential:
         """Store credentials the server handed out (secret encrypted, token hashed)."""
-        created = time.time() if now is None else now
-        token_hash = sha256_hex(session_token)
         async with self._write() as conn:
-            await conn.execute(
-                s.issued_credentials.insert().values(
-                    access_key_id=access_key_id,
-                    secret_enc=self._box.encrypt(
-                        secret_access_key, context=_cred_context(access_key_id)
-                    ),
-                    session_token_hash=token_hash,
-                    principal_type=principal_type,
-                    principal_id=principal_id,
-                    expiration=expiration,
-                    created_date=created,
-                )
+            return await insert_credential(
+                conn,
+                self._box,
+                access_key_id=access_key_id,
+                secret_access_key=secret_access_key,
+                session_token=session_token,
+                principal_type=principal_type,
+                principal_id=principal_id,
+                expiration=expiration,
+                created=time.time() if now is None else now,
             )
-        return IssuedCredential(
-            access_key_id=access_key_id,
-            secret_access_key=secret_access_key,
-            session_token_hash=token_hash,
-            principal_type=principal_type,
-            principal_id=principal_id,
-            expiration=expiration,
-            created_date=created,
-            session_token=session_token,
-        )
 
     async def issue_credential(
         self,
@@ -134,15 +160,15 @@ class IdentityMixin(StoreBase):
         """Generate (``ASIA…`` id, secret, session token) and store them; the returned
         record carries the raw session token, which is not kept."""
         when = time.time() if now is None else now
-        return await self.put_credential(
-            access_key_id=generate_access_key_id("ASIA"),
-            secret_access_key=generate_secret_access_key(),
-            session_token=secrets.token_urlsafe(96),
-            principal_type=principal_type,
-            principal_id=principal_id,
-            expiration=when + ttl,
-            now=when,
-        )
+        async with self._write() as conn:
+            return await insert_credential(
+                conn,
+                self._box,
+                principal_type=principal_type,
+                principal_id=principal_id,
+                expiration=when + ttl,
+                created=when,
+            )
 
     async def get_credential(
         self, access_key_id: str, *, include_expired: bool = False, now: float | None = None
@@ -206,47 +232,29 @@ class IdentityMixin(StoreBase):
         )
         async with self._write() as conn:
             await conn.execute(
-                s.users.insert().values(
-                    user_id=user.user_id,
-                    name=user.name,
-                    arn=user.arn,
-                    created_date=user.created_date,
-                    tags=dumps(user.tags),
-                )
+                s.users.insert().values(**record_values(user, tags=dumps(user.tags)))
             )
         return user
 
     async def get_user(self, name: str) -> User | None:
-        async with self._read() as conn:
-            row = (await conn.execute(select(s.users).where(s.users.c.name == name))).first()
-        return _user(row) if row else None
+        return await self._get_by_key(s.users.c.name, name, _user)
 
     async def get_user_by_id(self, user_id: str) -> User | None:
-        async with self._read() as conn:
-            row = (await conn.execute(select(s.users).where(s.users.c.user_id == user_id))).first()
-        return _user(row) if row else None
+        return await self._get_by_key(s.users.c.user_id, user_id, _user)
 
     async def list_users(
         self, *, max_results: int | None = None, next_token: str | None = None
     ) -> Page[User]:
         limit = clamp_limit(max_results, default=100)
-        q = select(s.users).order_by(s.users.c.name).limit(limit + 1)
+        q = select(s.users).order_by(s.users.c.name)
         if next_token:
             (last,) = decode_token(next_token, "user", (str,))
             q = q.where(s.users.c.name > last)
-        async with self._read() as conn:
-            rows = (await conn.execute(q)).all()
-        items = [_user(r) for r in rows[:limit]]
-        token = encode_token("user", [items[-1].name]) if len(rows) > limit else None
-        return Page(items, token)
+        return await self._page(q, limit, _user, "user", lambda u: [u.name])
 
     async def set_user_tags(self, name: str, tags: Mapping[str, str]) -> bool:
         """Replace the user's tags (e.g. ``SSMSessionRunAs``)."""
-        async with self._write() as conn:
-            res = await conn.execute(
-                update(s.users).where(s.users.c.name == name).values(tags=dumps(dict(tags)))
-            )
-        return res.rowcount > 0
+        return await self._update_by_key(s.users.c.name, name, {"tags": dumps(dict(tags))})
 
     async def delete_user(self, name: str) -> bool:
         """Delete the user and (by cascade) its access keys."""
@@ -320,12 +328,9 @@ class IdentityMixin(StoreBase):
     async def set_access_key_status(self, access_key_id: str, status: AccessKeyStatus) -> bool:
         if status not in ("Active", "Inactive"):
             raise ValueError(f"bad access key status {status!r}")
-        t = s.access_keys
-        async with self._write() as conn:
-            res = await conn.execute(
-                update(t).where(t.c.access_key_id == access_key_id).values(status=status)
-            )
-        return res.rowcount > 0
+        return await self._update_by_key(
+            s.access_keys.c.access_key_id, access_key_id, {"status": status}
+        )
 
     async def delete_access_key(self, access_key_id: str) -> bool:
         t = s.access_keys

@@ -14,13 +14,12 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from portless.store import schema as s
 from portless.store._base import (
-    AnyRow,
     StoreBase,
     clamp_limit,
     decode_token,
     dumps,
-    encode_token,
-    loads_dict,
+    record_values,
+    row_mapper,
 )
 from portless.store.records import (
     Activation,
@@ -33,27 +32,9 @@ from portless.store.records import (
     sha256_hex,
 )
 
-
-def _activation(row: AnyRow) -> Activation:
-    return Activation(
-        activation_id=row.activation_id,
-        iam_role=row.iam_role,
-        description=row.description,
-        default_instance_name=row.default_instance_name,
-        registration_limit=row.registration_limit,
-        registrations_count=row.registrations_count,
-        expiration_date=row.expiration_date,
-        created_date=row.created_date,
-        tags=loads_dict(row.tags),
-    )
-
-
+_activation = row_mapper(Activation, json_dicts=("tags",))
+_instance = row_mapper(ManagedInstance)
 _INSTANCE_FIELDS = tuple(ManagedInstance.__dataclass_fields__)
-
-
-def _instance(row: AnyRow) -> ManagedInstance:
-    m = row._mapping
-    return ManagedInstance(**{f: m[f] for f in _INSTANCE_FIELDS})
 
 
 class NodesMixin(StoreBase):
@@ -78,22 +59,6 @@ class NodesMixin(StoreBase):
         stored only as a SHA-256 hash)."""
         aid = activation_id or str(uuid.uuid4())
         code = activation_code or secrets.token_urlsafe(24)
-        created = time.time() if now is None else now
-        async with self._write() as conn:
-            await conn.execute(
-                insert(s.activations).values(
-                    activation_id=aid,
-                    code_hash=sha256_hex(code),
-                    iam_role=iam_role,
-                    description=description,
-                    default_instance_name=default_instance_name,
-                    registration_limit=registration_limit,
-                    registrations_count=0,
-                    expiration_date=expiration_date,
-                    created_date=created,
-                    tags=dumps(dict(tags or {})),
-                )
-            )
         act = Activation(
             activation_id=aid,
             iam_role=iam_role,
@@ -102,19 +67,19 @@ class NodesMixin(StoreBase):
             registration_limit=registration_limit,
             registrations_count=0,
             expiration_date=expiration_date,
-            created_date=created,
+            created_date=time.time() if now is None else now,
             tags=dict(tags or {}),
         )
+        async with self._write() as conn:
+            await conn.execute(
+                insert(s.activations).values(
+                    **record_values(act, code_hash=sha256_hex(code), tags=dumps(act.tags))
+                )
+            )
         return act, code
 
     async def get_activation(self, activation_id: str) -> Activation | None:
-        async with self._read() as conn:
-            row = (
-                await conn.execute(
-                    select(s.activations).where(s.activations.c.activation_id == activation_id)
-                )
-            ).first()
-        return _activation(row) if row else None
+        return await self._get_by_key(s.activations.c.activation_id, activation_id, _activation)
 
     async def list_activations(
         self,
@@ -127,7 +92,7 @@ class NodesMixin(StoreBase):
         """Activations, oldest first (DescribeActivations)."""
         limit = clamp_limit(max_results)
         t = s.activations
-        q = select(t).order_by(t.c.created_date, t.c.activation_id).limit(limit + 1)
+        q = select(t).order_by(t.c.created_date, t.c.activation_id)
         if activation_ids is not None:
             q = q.where(t.c.activation_id.in_(list(activation_ids)))
         if iam_roles is not None:
@@ -140,14 +105,9 @@ class NodesMixin(StoreBase):
                     and_(t.c.created_date == created, t.c.activation_id > aid),
                 )
             )
-        async with self._read() as conn:
-            rows = (await conn.execute(q)).all()
-        items = [_activation(r) for r in rows[:limit]]
-        token = None
-        if len(rows) > limit:
-            last = items[-1]
-            token = encode_token("act", [last.created_date, last.activation_id])
-        return Page(items, token)
+        return await self._page(
+            q, limit, _activation, "act", lambda a: [a.created_date, a.activation_id]
+        )
 
     async def delete_activation(self, activation_id: str) -> bool:
         async with self._write() as conn:
@@ -315,13 +275,7 @@ class NodesMixin(StoreBase):
             )
 
     async def get_instance(self, instance_id: str) -> ManagedInstance | None:
-        async with self._read() as conn:
-            row = (
-                await conn.execute(
-                    select(s.instances).where(s.instances.c.instance_id == instance_id)
-                )
-            ).first()
-        return _instance(row) if row else None
+        return await self._get_by_key(s.instances.c.instance_id, instance_id, _instance)
 
     async def update_instance_info(
         self,
@@ -385,11 +339,7 @@ class NodesMixin(StoreBase):
         return await self._update_instance(instance_id, {"name": name})
 
     async def _update_instance(self, instance_id: str, values: dict[str, Any]) -> bool:
-        async with self._write() as conn:
-            res = await conn.execute(
-                update(s.instances).where(s.instances.c.instance_id == instance_id).values(**values)
-            )
-        return res.rowcount > 0
+        return await self._update_by_key(s.instances.c.instance_id, instance_id, values)
 
     async def list_instances(
         self,
@@ -457,12 +407,8 @@ class NodesMixin(StoreBase):
         if next_token:
             (last_id,) = decode_token(next_token, "inst", (str,))
             conds.append(t.c.instance_id > last_id)
-        q = select(t).where(*conds).order_by(t.c.instance_id).limit(limit + 1)
-        async with self._read() as conn:
-            rows = (await conn.execute(q)).all()
-        items = [_instance(r) for r in rows[:limit]]
-        token = encode_token("inst", [items[-1].instance_id]) if len(rows) > limit else None
-        return Page(items, token)
+        q = select(t).where(*conds).order_by(t.c.instance_id)
+        return await self._page(q, limit, _instance, "inst", lambda i: [i.instance_id])
 
     async def count_instances(self) -> int:
         async with self._read() as conn:

@@ -12,7 +12,7 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from portless.store import schema as s
-from portless.store._base import AnyRow, StoreBase, clamp_limit, decode_token, dumps, encode_token
+from portless.store._base import AnyRow, StoreBase, clamp_limit, decode_token, dumps, record_values
 from portless.store.records import (
     SESSION_STATUSES,
     TERMINAL_STATUSES,
@@ -115,17 +115,14 @@ class SessionsMixin(StoreBase):
             bytes_in=0,
             bytes_out=0,
         )
-        values = {f: getattr(sess, f) for f in Session.__dataclass_fields__}
-        values["parameters"] = dumps(params)
         async with self._write() as conn:
-            await conn.execute(s.sessions.insert().values(**values))
+            await conn.execute(
+                s.sessions.insert().values(**record_values(sess, parameters=dumps(params)))
+            )
         return sess
 
     async def get_session(self, session_id: str) -> Session | None:
-        t = s.sessions
-        async with self._read() as conn:
-            row = (await conn.execute(select(t).where(t.c.session_id == session_id))).first()
-        return _session(row) if row else None
+        return await self._get_by_key(s.sessions.c.session_id, session_id, _session)
 
     async def update_session_status(
         self,
@@ -162,14 +159,9 @@ class SessionsMixin(StoreBase):
 
     async def set_session_counters(self, session_id: str, *, bytes_in: int, bytes_out: int) -> bool:
         """Record the byte counters (once, at the end; the relay keeps them in memory)."""
-        t = s.sessions
-        async with self._write() as conn:
-            res = await conn.execute(
-                update(t)
-                .where(t.c.session_id == session_id)
-                .values(bytes_in=bytes_in, bytes_out=bytes_out)
-            )
-        return res.rowcount > 0
+        return await self._update_by_key(
+            s.sessions.c.session_id, session_id, {"bytes_in": bytes_in, "bytes_out": bytes_out}
+        )
 
     async def set_session_output_urls(
         self,
@@ -178,14 +170,11 @@ class SessionsMixin(StoreBase):
         s3_output_url: str | None = None,
         cloudwatch_output_url: str | None = None,
     ) -> bool:
-        t = s.sessions
-        async with self._write() as conn:
-            res = await conn.execute(
-                update(t)
-                .where(t.c.session_id == session_id)
-                .values(s3_output_url=s3_output_url, cloudwatch_output_url=cloudwatch_output_url)
-            )
-        return res.rowcount > 0
+        return await self._update_by_key(
+            s.sessions.c.session_id,
+            session_id,
+            {"s3_output_url": s3_output_url, "cloudwatch_output_url": cloudwatch_output_url},
+        )
 
     async def list_sessions(
         self,
@@ -228,19 +217,10 @@ class SessionsMixin(StoreBase):
             conds.append(
                 or_(t.c.start_date < start, and_(t.c.start_date == start, t.c.session_id < sid))
             )
-        q = (
-            select(t)
-            .where(*conds)
-            .order_by(t.c.start_date.desc(), t.c.session_id.desc())
-            .limit(limit + 1)
+        q = select(t).where(*conds).order_by(t.c.start_date.desc(), t.c.session_id.desc())
+        return await self._page(
+            q, limit, _session, "sess:" + state, lambda x: [x.start_date, x.session_id]
         )
-        async with self._read() as conn:
-            rows = (await conn.execute(q)).all()
-        items = [_session(r) for r in rows[:limit]]
-        token = None
-        if len(rows) > limit:
-            token = encode_token("sess:" + state, [items[-1].start_date, items[-1].session_id])
-        return Page(items, token)
 
     # ------------------------------------------------------------------ channel tokens
 

@@ -191,6 +191,9 @@ def test_seed_004_start_session_decided_by_first_statement() -> None:
     (SEED_004_PER_INSTANCE, "004"),
 ])
 def test_policies_are_the_seeds_word_for_word(text: str, seed: str) -> None:
+    if not SEEDS_DIR.is_dir():
+        # A checkout away from ../shared (e.g. a CI clone elsewhere) has nothing to compare.
+        pytest.skip(f"the seed articles are not at {SEEDS_DIR}")
     (article,) = SEEDS_DIR.glob(f"{seed}_*.txt")
     # Compare up to whitespace: the articles indent with spaces of their own.
     assert " ".join(text.split()) in " ".join(article.read_text().split())

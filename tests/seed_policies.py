@@ -1,8 +1,9 @@
 """The policy documents the seed articles (shared/seeds/) publish, verbatim.
 
-Seed 001: three connecting-user policies and the instance profile; seed 004: a
-per-instance StartSession policy with TerminateSession limited to the caller's
-own sessions.
+Seed 001: three connecting-user policies; seed 004: a per-instance StartSession
+policy with TerminateSession limited to the caller's own sessions.  (The instance
+profile both publish is `portless.iam.managed.AMAZON_SSM_MANAGED_INSTANCE_CORE`,
+checked against the articles in tests/iam/test_seed_policies.py.)
 """
 
 from pathlib import Path
@@ -66,55 +67,6 @@ SEED_001_CONFIGURE = """{
             "Resource": "*"
         }
     ]
-}"""
-
-SEED_INSTANCE_PROFILE = """{
-   "Version": "2012-10-17",
-   "Statement": [
-       {
-           "Effect": "Allow",
-           "Action": [
-               "ssm:DescribeAssociation",
-               "ssm:GetDeployablePatchSnapshotForInstance",
-               "ssm:GetDocument",
-               "ssm:DescribeDocument",
-               "ssm:GetManifest",
-               "ssm:GetParameter",
-               "ssm:GetParameters",
-               "ssm:ListAssociations",
-               "ssm:ListInstanceAssociations",
-               "ssm:PutInventory",
-               "ssm:PutComplianceItems",
-               "ssm:PutConfigurePackageResult",
-               "ssm:UpdateAssociationStatus",
-               "ssm:UpdateInstanceAssociationStatus",
-               "ssm:UpdateInstanceInformation"
-           ],
-           "Resource": "*"
-       },
-       {
-           "Effect": "Allow",
-           "Action": [
-               "ssmmessages:CreateControlChannel",
-               "ssmmessages:CreateDataChannel",
-               "ssmmessages:OpenControlChannel",
-               "ssmmessages:OpenDataChannel"
-           ],
-           "Resource": "*"
-       },
-       {
-           "Effect": "Allow",
-           "Action": [
-               "ec2messages:AcknowledgeMessage",
-               "ec2messages:DeleteMessage",
-               "ec2messages:FailMessage",
-               "ec2messages:GetEndpoint",
-               "ec2messages:GetMessages",
-               "ec2messages:SendReply"
-           ],
-           "Resource": "*"
-       }
-   ]
 }"""
 
 SEED_004_PER_INSTANCE = """{

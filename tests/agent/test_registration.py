@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
@@ -20,6 +19,7 @@ from portless.agent.runtime import Agent
 from portless.agent.state import StateDir
 from portless.aws.rsa_signature import load_private_key_b64, load_public_key_b64
 from tests.agent.relay import ACTIVATION_CODE, ACTIVATION_ID, REGION, LoopbackServer
+from tests.waiting import wait_until
 
 
 async def test_register_stores_a_fresh_key_and_requests_signed_credentials(
@@ -77,9 +77,9 @@ async def test_register_stores_a_fresh_key_and_requests_signed_credentials(
 
 
 async def test_agent_comes_online(server: LoopbackServer, agent: Agent) -> None:
-    async with asyncio.timeout(10):          # the full report may still be on its way
-        while [c.target for c in server.calls].count("UpdateInstanceInformation") < 2:
-            await asyncio.sleep(0.02)
+    # The full report may still be on its way.
+    await wait_until(lambda: [c.target for c in server.calls].count(
+        "UpdateInstanceInformation") >= 2, timeout=10, what="two UpdateInstanceInformation")
     ops = [c.target for c in server.calls]
     assert ops[:4] == ["RegisterManagedInstance", "RequestManagedInstanceRoleToken",
                        "UpdateInstanceInformation", "UpdateInstanceInformation"]
@@ -94,11 +94,8 @@ async def test_agent_comes_online(server: LoopbackServer, agent: Agent) -> None:
     headers = server.control_headers[0]
     assert "SignedHeaders=host;x-amz-date;x-amz-security-token," in headers["Authorization"]
     assert "/ssmmessages/aws4_request" in headers["Authorization"]
-    for _ in range(50):
-        if "ListInstanceAssociations" in [c.target for c in server.calls]:
-            break
-        await asyncio.sleep(0.05)
-    assert "ListInstanceAssociations" in [c.target for c in server.calls]
+    await wait_until(lambda: "ListInstanceAssociations" in [c.target for c in server.calls],
+                     what="ListInstanceAssociations")
     assert not server.errors
 
 
@@ -107,10 +104,8 @@ async def test_control_channel_reconnects_with_a_new_token(server: LoopbackServe
     first = server.control_ws
     assert first is not None
     await first.close()
-    for _ in range(100):
-        if len(server.control_opens) == 2 and server.control_connected.is_set():
-            break
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: len(server.control_opens) == 2
+                     and server.control_connected.is_set(), what="a second control channel")
     assert len(server.control_opens) == 2
     assert server.control_opens[0].token != server.control_opens[1].token
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -259,17 +258,6 @@ def raw_content(msg: Message) -> dict[str, Any]:
 
 __all__ = ["FLAGS_SINGLE_SHOT", "Node", "ack_for", "client_connect", "in_msg", "out_msg"]
 
-
-async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float = 5.0) -> Any:
-    """Polls an async predicate until it returns something truthy, or fails the test."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 async def ping_status(server: ServerThread, instance_id: str) -> str:

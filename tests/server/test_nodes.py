@@ -20,8 +20,8 @@ from tests.server.fakes import (
     instance_key,
     ping_status,
     token_from_xml,
-    wait_until,
 )
+from tests.waiting import wait_until
 
 
 async def test_registration_and_online(server: ServerThread) -> None:

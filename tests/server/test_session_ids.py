@@ -19,6 +19,7 @@ from portless.protocol.message import MessageType
 from portless.server.ops_sessions import new_session_id
 from tests.server.conftest import REGION, ServerThread
 from tests.server.fakes import Node, client_connect, recv_until
+from tests.waiting import wait_until
 
 SUFFIX = re.compile(r"-[0-9a-f]{17}$")
 
@@ -80,12 +81,13 @@ async def node(server: ServerThread) -> AsyncIterator[tuple[Node, aiohttp.Client
     async with aiohttp.ClientSession() as http:
         node = await Node.register(http, server.url, server.ssm())
         control = await node.open_control()
-        for _ in range(100):
+
+        async def connected() -> bool:
             status = await asyncio.to_thread(server.ssm().get_connection_status,
                                              Target=node.instance_id)
-            if status["Status"] == "connected":
-                break
-            await asyncio.sleep(0.05)
+            return bool(status["Status"] == "connected")
+
+        await wait_until(connected, what=f"{node.instance_id} connected")
         yield node, http, control
         await control.close()
 
@@ -118,14 +120,13 @@ async def test_own_sessions_policy(
     assert exc.value.response["Error"]["Code"] == "AccessDeniedException"
 
     assert (await call(server, john, "terminate_session", SessionId=sid))["SessionId"] == sid
-    for _ in range(100):
+
+    async def terminated() -> bool:
         found = (await call(server, john, "describe_sessions", State="History",
                             Filters=[{"key": "SessionId", "value": sid}]))["Sessions"]
-        if found and found[0]["Status"] == "Terminated":
-            break
-        await asyncio.sleep(0.05)
-    else:
-        raise AssertionError(f"{sid} was not terminated")
+        return bool(found and found[0]["Status"] == "Terminated")
+
+    await wait_until(terminated, what=f"{sid} terminated")
     assert (server.config.data_dir / "recordings" / f"{sid}.cast").exists()
     await agent.close()
     await client.close()

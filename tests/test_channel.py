@@ -7,6 +7,7 @@ decoded and acknowledged exactly as a real peer would.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 
@@ -15,11 +16,13 @@ import pytest
 from portless.channel import ReliableChannel
 from portless.protocol.message import Message, MessageType, PayloadType, decode, encode
 from portless.protocol.reliable import (
+    INITIAL_RTO,
     Delivered,
     ReliableStream,
     StreamConfig,
     StreamEvent,
 )
+from tests.waiting import wait_until
 
 CLIENT = MessageType.INPUT_STREAM_DATA
 AGENT = MessageType.OUTPUT_STREAM_DATA
@@ -106,12 +109,6 @@ def relay(peer: ReliableStream, sock: FakeSocket, start: int = 0) -> tuple[list[
     return delivered, len(sock.sent)
 
 
-async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
-
 
 async def test_sends_in_order_and_the_peers_acks_complete_it() -> None:
     h, sock, peer = Harness(), FakeSocket(), peer_of()
@@ -136,7 +133,7 @@ async def test_incoming_data_is_acked_before_the_role_sees_it_and_delivered_in_o
     async def slow(events: list[StreamEvent]) -> None:
         # The ack of this message is already queued for the socket.
         order.append(f"acks queued: {len(h.channel._queue) + len(sock.sent)}")
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.005)               # a slow role: the reader must await it
         h.on_events(events)
 
     h.channel._on_events = slow
@@ -147,7 +144,7 @@ async def test_incoming_data_is_acked_before_the_role_sees_it_and_delivered_in_o
             peer.send(PayloadType.OUTPUT, b"in%d" % i, time.monotonic())
         for frame in peer.frames_to_send():
             sock.incoming.put_nowait(frame)
-        await until(lambda: len(h.delivered) == 5)
+        await wait_until(lambda: len(h.delivered) == 5)
         assert h.delivered == [b"in%d" % i for i in range(5)]
         assert all(not entry.endswith(": 0") for entry in order)
         await h.channel.wait_sent(2.0)
@@ -165,7 +162,7 @@ async def test_stream_back_pressure_blocks_senders_until_acks_and_end_releases_t
         assert await h.channel.send(PayloadType.OUTPUT, b"a")
         assert await h.channel.send(PayloadType.OUTPUT, b"b")
         third = asyncio.create_task(h.channel.send(PayloadType.OUTPUT, b"c"))
-        await asyncio.sleep(0.05)
+        await wait_until(lambda: not h.channel._room.is_set())  # third waits for room
         assert not third.done()                  # two unacked: not writable
         await h.channel.wait_sent(1.0)
         relay(peer, sock)                        # the peer acks a and b
@@ -173,7 +170,8 @@ async def test_stream_back_pressure_blocks_senders_until_acks_and_end_releases_t
 
         fourth = asyncio.create_task(h.channel.send(PayloadType.OUTPUT, b"d"))
         fifth = asyncio.create_task(h.channel.send(PayloadType.OUTPUT, b"e"))
-        await asyncio.sleep(0.05)
+        # d is sent (c and d unacked), e waits for room.
+        await wait_until(lambda: h.stream.unacked == 2 and not h.channel._room.is_set())
         h.channel.end()
         results = await asyncio.wait_for(asyncio.gather(fourth, fifth), 2.0)
         assert False in results                  # the one still waiting is refused
@@ -189,11 +187,11 @@ async def test_socket_queue_bound_makes_senders_wait_for_the_writer() -> None:
     h.channel.start()
     try:
         assert await h.channel.send(PayloadType.OUTPUT, bytes(3000))  # taken by the writer
-        await asyncio.sleep(0.01)
+        await wait_until(lambda: not h.channel._queue)
         assert await h.channel.send(PayloadType.OUTPUT, bytes(3000))
         assert await h.channel.send(PayloadType.OUTPUT, bytes(3000))  # over the bound now
         blocked = asyncio.create_task(h.channel.send(PayloadType.OUTPUT, bytes(10)))
-        await asyncio.sleep(0.05)
+        await wait_until(lambda: not h.channel._room.is_set())  # blocked waits for room
         assert not blocked.done()
         sock.open.set()
         assert await asyncio.wait_for(blocked, 2.0) is True
@@ -224,7 +222,7 @@ async def test_reconnect_resends_unacked_with_the_same_sequence_numbers() -> Non
                if isinstance(event, Delivered)]
         peer.frames_to_send()                    # p0..p2 arrived, but their acks are lost
         first.incoming.put_nowait(None)          # and the connection drops
-        await until(lambda: h.lost == 1)
+        await wait_until(lambda: h.lost == 1)
         await h.channel.send(PayloadType.OUTPUT, b"p3")
         await h.channel.wait_sent(1.0)
         assert [seq for seq, _ in second.data()] == [0, 1, 2, 3]
@@ -242,7 +240,9 @@ async def test_frames_are_dropped_and_not_resent_while_detached() -> None:
     h.channel.start()
     try:
         assert h.channel.send_nowait(PayloadType.OUTPUT, b"x")
-        await asyncio.sleep(0.5)                 # beyond the initial RTO
+        await wait_until(lambda: h.channel._timer_target == math.inf)  # the timer sleeps
+        # Time passing IS the scenario: beyond the initial RTO nothing may be resent.
+        await asyncio.sleep(INITIAL_RTO * 1.5)
         assert sock.sent == []
         assert h.stream.unacked == 1             # kept for the next attach
         assert not await h.channel.wait_acked(1.0)
@@ -256,7 +256,7 @@ async def test_timer_resends_and_reports_when_the_peer_stops_acknowledging() -> 
     h.channel.start()
     try:
         await h.channel.send(PayloadType.OUTPUT, b"lost")
-        await until(lambda: h.timeouts == 1, timeout=10.0)
+        await wait_until(lambda: h.timeouts == 1, timeout=10.0)
         assert [seq for seq, _ in sock.data()] == [0, 0, 0]   # sent, then resent twice
     finally:
         await h.channel.stop()
@@ -267,10 +267,10 @@ async def test_the_timer_wakes_for_a_deadline_earlier_than_it_sleeps_for() -> No
     h.channel.attach(sock)
     h.channel.start()
     try:
-        await asyncio.sleep(0.01)                # the timer sleeps with no deadline
+        await wait_until(lambda: h.channel._timer_target == math.inf)  # sleeps with no deadline
         start = time.monotonic()
         await h.channel.send(PayloadType.OUTPUT, b"y")
-        await until(lambda: len(sock.data()) == 2, timeout=2.0)
+        await wait_until(lambda: len(sock.data()) == 2, timeout=2.0)
         assert time.monotonic() - start < 1.0    # resent after about one RTO
     finally:
         await h.channel.stop()
@@ -288,7 +288,7 @@ async def test_malformed_and_bad_digest_frames_are_dropped_and_reading_goes_on()
         peer.send(PayloadType.OUTPUT, b"good", time.monotonic())
         for frame in peer.frames_to_send():
             sock.incoming.put_nowait(frame)
-        await until(lambda: h.delivered == [b"good"])
+        await wait_until(lambda: h.delivered == [b"good"])
         assert h.errors == []
     finally:
         await h.channel.stop()
@@ -302,7 +302,7 @@ async def test_digests_are_not_checked_when_the_role_does_not_check_them() -> No
         bad = bytearray(encode(Message(CLIENT, 0, 0, PayloadType.OUTPUT, b"taken")))
         bad[-1] ^= 1
         sock.incoming.put_nowait(bytes(bad))
-        await until(lambda: h.delivered == [b"takeo"])
+        await wait_until(lambda: h.delivered == [b"takeo"])
     finally:
         await h.channel.stop()
 
@@ -321,7 +321,7 @@ async def test_a_failing_handler_is_reported_and_a_lost_socket_without_reconnect
         peer.send(PayloadType.OUTPUT, b"boom", time.monotonic())
         for frame in peer.frames_to_send():
             sock.incoming.put_nowait(frame)
-        await until(lambda: bool(h.errors))
+        await wait_until(lambda: bool(h.errors))
         assert h.errors[0][0] == "reader"
         assert str(h.errors[0][1]) == "handler bug"
     finally:
@@ -332,7 +332,7 @@ async def test_a_failing_handler_is_reported_and_a_lost_socket_without_reconnect
     h2.channel.start()
     try:
         sock2.incoming.put_nowait(None)
-        await until(lambda: h2.lost == 1)
+        await wait_until(lambda: h2.lost == 1)
         assert h2.channel.socket is None
     finally:
         await h2.channel.stop()
@@ -365,7 +365,7 @@ async def test_a_large_transfer_in_both_roles_arrives_whole(outgoing: str) -> No
         while not done.is_set():
             got, start = relay(peer, sock, start)
             received.extend(got)
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0.001)           # the peer's pump: relays until told to stop
 
     pumper = asyncio.create_task(pump_peer())
     try:
@@ -373,7 +373,7 @@ async def test_a_large_transfer_in_both_roles_arrives_whole(outgoing: str) -> No
         for chunk in chunks:
             assert await h.channel.send(PayloadType.OUTPUT, chunk)
         assert await h.channel.wait_acked(10.0)
-        await until(lambda: len(received) == len(chunks))
+        await wait_until(lambda: len(received) == len(chunks))
         assert received == chunks
     finally:
         done.set()

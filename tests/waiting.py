@@ -10,9 +10,9 @@ from typing import Any
 
 
 async def wait_until(predicate: Callable[[], Awaitable[Any] | Any], timeout: float = 5.0,
-                     what: str = "condition") -> Any:
-    """Polls `predicate` (plain or async) until it returns something truthy; fails the
-    test with `what` after `timeout` seconds."""
+                     what: str = "condition", interval: float = 0.01) -> Any:
+    """Polls `predicate` (plain or async) every `interval` s until it returns something
+    truthy; fails the test with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -22,4 +22,4 @@ async def wait_until(predicate: Callable[[], Awaitable[Any] | Any], timeout: flo
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not met within {timeout} s")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(interval)

@@ -8,6 +8,7 @@ import os
 import signal
 import struct
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,12 @@ from portless.protocol.message import MessageType, PayloadType
 from portless.protocol.payloads import Flag, encode_exit_code, encode_flag
 from portless.protocol.smux import SmuxSession, StreamClosed, StreamData, StreamOpened
 from portless.protocol.versions import PORTLESS_CLIENT_VERSION
+from tests.waiting import wait_until
 
 from .fakeserver import FakeAgent, FakeServer, Received
 
 pytestmark = pytest.mark.timeout(30)
+
 
 
 class Collector:
@@ -48,9 +51,7 @@ class Collector:
             self.data += chunk
 
     async def wait_for(self, needle: bytes, timeout: float = 5.0) -> None:
-        async with asyncio.timeout(timeout):
-            while needle not in self.data:
-                await asyncio.sleep(0.01)
+        await wait_until(lambda: needle in self.data, timeout)
 
     def text(self) -> str:
         return self.data.decode(errors="replace")
@@ -311,9 +312,9 @@ async def test_output_before_ready_is_withheld(server: FakeServer, clients: Any)
     c = clients(server, agent, "forward")
     c.start()
     await asyncio.wait_for(agent.ready.wait(), 5)
-    agent.send(PayloadType.OUTPUT, b"banner\r\n")
+    banner = agent.send(PayloadType.OUTPUT, b"banner\r\n")
     await c.out.wait_for(b"opened for sessionId")
-    await asyncio.sleep(0.4)  # several resends
+    await wait_until(lambda: agent.stream._unacked[banner].resends >= 2)  # several resends
     assert agent.stream.unacked == 1
     port = int(c.out.text().split("Port ", 1)[1].split(" ", 1)[0])
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -431,7 +432,6 @@ async def test_a_dial_that_times_out_after_connecting_closes_its_websocket(
     read a huge token): each attempt's socket is closed before the next one is dialled."""
     import base64
     import hashlib
-    import time
 
     import portless.client.datachannel as dc
 
@@ -450,7 +450,9 @@ async def test_a_dial_that_times_out_after_connecting_closes_its_websocket(
                      b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
         span = [time.monotonic(), 0.0]
         spans.append(span)
-        await asyncio.sleep(1.0)              # not reading: the client's send blocks
+        # Not reading for longer than the dial timeout IS the scenario: the client's send
+        # blocks until its dial times out.
+        await asyncio.sleep(dc.DIAL_TIMEOUT + 0.2)
         with contextlib.suppress(ConnectionError):
             while await reader.read(1 << 20):
                 pass
@@ -467,9 +469,7 @@ async def test_a_dial_that_times_out_after_connecting_closes_its_websocket(
         c.start()
         assert await c.result(20) == 1
         await c.err.wait_for(b"timed out connecting to the data channel")
-        async with asyncio.timeout(10):
-            while len(spans) < 2 or not all(end for _, end in spans):
-                await asyncio.sleep(0.05)
+        await wait_until(lambda: len(spans) >= 2 and all(end for _, end in spans), 10)
         assert spans[0][1] < spans[1][0], spans   # the first closed before the second began
     finally:
         srv.close()
@@ -545,9 +545,7 @@ async def test_mux_twenty_concurrent_connections(server: FakeServer, clients: An
     await asyncio.gather(*(one(i) for i in range(20)))
     assert len(echo.opened) == 20
     assert all(sid % 2 == 1 and sid >= 3 for sid in echo.opened)
-    async with asyncio.timeout(5):
-        while len(echo.finished) < 20:
-            await asyncio.sleep(0.01)
+    await wait_until(lambda: len(echo.finished) >= 20)
     assert "\nConnection accepted for session [" in c.out.text()
     # Ctrl-C: TerminateSession flag, the plugin's texts, exit 0.
     os.kill(os.getpid(), signal.SIGINT)

@@ -11,15 +11,18 @@ from portless.client.signals import add_signal_handlers, remove_signal_handlers
 
 async def test_installed_handlers_run_and_are_removed_again() -> None:
     seen: list[str] = []
-    installed = add_signal_handlers({signal.SIGUSR1: lambda: seen.append("usr1"),
+    handled = asyncio.Event()
+
+    def on_usr1() -> None:
+        seen.append("usr1")
+        handled.set()
+
+    installed = add_signal_handlers({signal.SIGUSR1: on_usr1,
                                      signal.SIGKILL: lambda: seen.append("never")})
     assert installed == [signal.SIGUSR1]        # SIGKILL cannot be caught: skipped
     try:
         os.kill(os.getpid(), signal.SIGUSR1)
-        for _ in range(100):
-            if seen:
-                break
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(handled.wait(), 5)
         assert seen == ["usr1"]
     finally:
         remove_signal_handlers(installed)

@@ -14,6 +14,7 @@ import pytest
 
 from portless.server import recording
 from portless.server.recording import MAX_BACKLOG_BYTES, Recorder, RecordingManager
+from tests.waiting import wait_until
 
 CHUNK = 512 * 1024
 _ALPHABET = bytes(range(0x20, 0x7F))
@@ -42,6 +43,7 @@ def text_of(events: list[list[Any]]) -> str:
     return "".join(e[2] for e in events if e[1] == "o")
 
 
+
 async def test_fifty_megabytes_recorded_with_bounded_memory(tmp_path: Path) -> None:
     manager = RecordingManager(tmp_path, interval=0.2)
     manager.start()
@@ -52,7 +54,7 @@ async def test_fifty_megabytes_recorded_with_bounded_memory(tmp_path: Path) -> N
         data = chunk(i)
         sent.append(data)
         rec.output(i, data)
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005)  # the pace of the scenario: a steady producer, not a burst
     await manager.finish(rec)
     await manager.stop()
 
@@ -107,10 +109,8 @@ async def test_stalled_writer_drops_and_marks(tmp_path: Path, monkeypatch: pytes
     assert rec.backlog_bytes <= 16 * CHUNK and rec.peak_backlog_bytes <= 16 * CHUNK
     assert rec.dropped_frames == 24 and rec.dropped_bytes == 24 * CHUNK
     gate.set()
-    for _ in range(200):  # the writer catches up; output is recorded again
-        if rec.backlog_bytes == 0:
-            break
-        await asyncio.sleep(0.01)
+    # The writer catches up; output is recorded again.
+    await wait_until(lambda: rec.backlog_bytes == 0)
     rec.output(40, chunk(40))
     with caplog.at_level(logging.WARNING, logger="portless.server.recording"):
         await rec.flush(final=True)
@@ -138,7 +138,9 @@ async def test_concurrent_flush_and_finish_keep_lines_in_order(
     def uneven_append(path: Path, text: str) -> None:
         nonlocal calls
         calls += 1
-        time.sleep(0.02 if calls % 2 else 0.001)  # a later writer would overtake an earlier one
+        # A deliberately uneven disk (in the writer thread): a later writer would overtake
+        # an earlier one if the lock did not keep them in order.
+        time.sleep(0.01 if calls % 2 else 0.001)
         append(path, text)
 
     monkeypatch.setattr(recording, "_append", uneven_append)
@@ -162,11 +164,11 @@ async def test_concurrent_flush_and_finish_keep_lines_in_order(
         for _ in range(3):  # each flush hands over a batch and starts a writer thread
             feed(5)
             tasks.append(asyncio.create_task(rec.flush()))
-            await asyncio.sleep(0.002)
+            await wait_until(lambda: rec._buffered == 0, interval=0.001)  # its batch is handed over
         await asyncio.gather(*tasks)
     feed(5)
     first = asyncio.create_task(rec.flush())
-    await asyncio.sleep(0.002)
+    await wait_until(lambda: rec._buffered == 0, interval=0.001)
     feed(5)
     await asyncio.gather(first, manager.finish(rec), rec.flush())
     await manager.stop()
